@@ -1,0 +1,46 @@
+"""`llmad` command line: a thin layer over the Python API. Each concern registers its commands in its own module.
+
+Errors caused by input (``LlmadError``) print one line and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(help="Anomaly detection for workflow jobs and service metrics with language models.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Find, fetch and describe datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# One module per concern; each adds its commands to `app` (or `data_app`) on import.
+COMMAND_MODULES = ["data", "render", "baseline", "sft", "icl", "stream", "numeric", "compare"]
+for _mod in COMMAND_MODULES:
+    importlib.import_module(f"llmad.cli.{_mod}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; turn LlmadError into a one-line message and exit code 2."""
+    from llmad.errors import LlmadError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except LlmadError as e:
+        typer.echo(f"llmad: error: {e}", err=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("llmad: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("llmad: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        raise

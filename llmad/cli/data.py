@@ -1,0 +1,58 @@
+"""`llmad data info|fetch|list`: describe and obtain datasets."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from llmad.cli import data_app
+
+DataDir = typer.Option(None, "--data-dir", help="Data folder (default: $LLMAD_DATA_DIR, ./data, ../shared/data).")
+
+
+@data_app.command("info")
+def info(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:1000genome"),
+         data_dir: Optional[str] = DataDir,
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Runs, jobs, label and anomaly-type counts, features of a dataset."""
+    from llmad.data.flowbench import load_jobs, summarize
+
+    s = summarize(load_jobs(spec, data_dir))
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    c.print(f"[bold]{spec}[/]: {s['runs']:,} runs ({s['anomalous_runs']:,} with anomalies), {s['jobs']:,} jobs, "
+            f"{s['hosts']} hosts, {s['transformations']} transformations")
+    t = Table("anomaly_type", "jobs")
+    for k, v in s["anomaly_types"].items():
+        t.add_row(k, f"{v:,}")
+    c.print(t)
+    c.print(f"labels: {s['labels']}")
+    c.print(f"numeric features ({len(s['numeric_features'])}): {', '.join(s['numeric_features'])}")
+
+
+@data_app.command("list")
+def list_(data_dir: Optional[str] = DataDir) -> None:
+    """Workflows available in the data folder."""
+    from llmad.data.flowbench import available_workflows
+
+    for w in available_workflows(data_dir):
+        typer.echo(w)
+
+
+@data_app.command("fetch")
+def fetch(target: str = typer.Argument("flowbench", help="flowbench or flowbench:<workflow>"),
+          data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where to put data (default ./data)."),
+          manifest: Optional[str] = typer.Option(None, help="Manifest JSON (default data/manifest.json)."),
+          base_url: Optional[str] = typer.Option(None, help="Override the manifest's base URL (mirrors, tests)."),
+          timeout: float = typer.Option(10.0, help="Seconds before a silent connection counts as offline.")) -> None:
+    """Download official Flow-Bench archives, verify checksums, resume partial downloads."""
+    from llmad.data.fetch import fetch_flowbench
+
+    for path in fetch_flowbench(target, data_dir=data_dir, manifest=manifest, base_url=base_url, timeout=timeout):
+        typer.echo(str(path))

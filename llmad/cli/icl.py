@@ -1,0 +1,2 @@
+"""Commands for icl (filled in by its issue)."""
+from llmad.cli import app  # noqa: F401

@@ -1,0 +1,84 @@
+"""Typed config dataclasses shared by the CLI, the Python API and recipes (a YAML maps 1:1 onto them).
+
+Method-specific configs live beside their method (``SFTConfig`` in ``llmad.detectors.sft`` ...) and
+use the same helpers: ``from_dict`` rejects unknown keys loudly, ``merge`` applies CLI overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from llmad.errors import LlmadError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    """Which data, which split, which part: ``spec`` is e.g. ``flowbench:1000genome``."""
+
+    spec: str = "flowbench:1000genome"
+    data_dir: str | None = None
+    split: str = "run"  # run | paper | workflow
+    seed: int = 0
+    test_workflow: str | None = None  # for split=workflow
+    limit: int | None = None  # subsample each part (seeded) for quick runs
+
+
+@dataclass
+class TemplateConfig:
+    """Which Jinja template renders a job: a name under ``prompts/job`` or a path."""
+
+    name: str = "paper"
+    causal: bool = False  # context template: only peers finished before this job's event time
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys fail loudly, nested dataclasses recurse."""
+    data = dict(data or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise LlmadError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; expected some of {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints.get(name)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, where=f"{where}.{name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def merge(cfg: T, overrides: dict[str, Any]) -> T:
+    """Return a copy of ``cfg`` with non-None ``overrides`` applied (CLI options win over the file)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(set(clean) - known)
+    if unknown:
+        raise LlmadError(f"unknown option(s) {unknown} for {type(cfg).__name__}")
+    return dataclasses.replace(cfg, **clean)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with a clear error for a missing file or bad syntax."""
+    p = Path(path)
+    if not p.is_file():
+        raise LlmadError(f"file {p}: no such recipe/config file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise LlmadError(f"file {p}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise LlmadError(f"file {p}: expected a mapping at the top level")
+    return data
+
+
+__all__ = ["DataConfig", "TemplateConfig", "from_dict", "merge", "load_yaml", "field"]
+_ = types  # keep import for typing.get_type_hints on PEP 604 unions

@@ -1,0 +1,53 @@
+"""Dataset spec strings (``flowbench:1000genome``, ``flowbench:/path/x.zip``, ``nezha:trainticket`` ...) and data dirs.
+
+Data dir precedence: ``--data-dir`` > ``$LLMAD_DATA_DIR`` > the project's ``data/`` > ``../shared/data``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llmad.errors import DataError, LlmadError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+KNOWN_KINDS = ("flowbench", "nezha", "smd", "asd", "csv")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``kind:arg``; a bare existing path is treated as flowbench."""
+    if ":" in spec:
+        kind, arg = spec.split(":", 1)
+        if kind in KNOWN_KINDS:
+            return kind, arg
+    if Path(spec).exists():
+        return "flowbench", spec
+    raise LlmadError(f"dataset spec {spec!r}: expected KIND:NAME with KIND one of {', '.join(KNOWN_KINDS)} "
+                     f"(e.g. flowbench:1000genome)")
+
+
+def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:
+    """Data dirs in precedence order (only the explicit one when given)."""
+    if data_dir is not None:
+        return [Path(data_dir)]
+    out = []
+    env = os.environ.get("LLMAD_DATA_DIR")
+    if env:
+        out.append(Path(env))
+    out.append(PROJECT_ROOT / "data")
+    out.append(PROJECT_ROOT.parent / "shared" / "data")
+    out.append(Path.cwd().parent / "shared" / "data")
+    return out
+
+
+def find_data_dir(data_dir: str | Path | None = None, needs: str | None = None) -> Path:
+    """First data dir that exists (and, with ``needs``, contains that relative path)."""
+    cands = candidate_data_dirs(data_dir)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError("data dir does not exist", file=str(data_dir))
+    for d in cands:
+        if d.is_dir() and (needs is None or (d / needs).exists()):
+            return d
+    looked = ", ".join(str(c) for c in cands)
+    what = f" containing {needs}" if needs else ""
+    raise DataError(f"no data dir{what} found (looked in {looked}); pass --data-dir, set LLMAD_DATA_DIR, "
+                    f"or run `llmad data fetch flowbench`")

@@ -1,0 +1,194 @@
+"""Leakage-safe splits. ``run`` (default) keeps whole DAG runs apart; ``paper`` is the LLM_AD job-level split,
+available for comparison and named as such everywhere; ``workflow`` is leave-one-workflow-out.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from llmad.data.flowbench import PAPER_FEATURES
+from llmad.data.specs import find_data_dir
+from llmad.errors import DataError, LlmadError
+
+SPLIT_KINDS = ("run", "paper", "workflow")
+DESCRIPTIONS = {
+    "run": "run split: whole DAG runs in train/validation/test (70/15/15), stratified by the run's anomaly type",
+    "paper": "the paper's job-level split (LLM_AD, Jin et al. SC'24): published validation/test rows, train = the "
+             "rest; jobs of one run appear in several parts, so it is optimistic",
+    "workflow": "leave-one-workflow-out split: train/validation on other workflows, test on an unseen workflow",
+}
+
+
+@dataclass
+class Split:
+    """Three parts of a job table plus what the split is and how leaky it is."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    kind: str
+    description: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def part(self, name: str) -> pd.DataFrame:
+        """A part by name (train | validation | test)."""
+        if name not in ("train", "validation", "test"):
+            raise LlmadError(f"unknown part {name!r}; expected train, validation or test")
+        return getattr(self, name)
+
+    def sizes(self) -> dict[str, int]:
+        """Rows per part."""
+        return {p: int(len(self.part(p))) for p in ("train", "validation", "test")}
+
+
+def run_anomaly_type(jobs: pd.DataFrame) -> pd.Series:
+    """Per run: its (most common) injected anomaly type, or ``normal``."""
+    ab = jobs[jobs["label"] == 1]
+    types = ab.groupby("run_id")["anomaly_type"].agg(lambda s: s.value_counts().index[0])
+    runs = pd.Series("normal", index=pd.Index(jobs["run_id"].unique(), name="run_id"))
+    runs.loc[types.index] = types
+    return runs
+
+
+def _split_ids(ids: np.ndarray, strata: np.ndarray | None, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        a, b = train_test_split(ids, test_size=frac, random_state=seed, stratify=strata)
+    except ValueError:  # a stratum too small to split: fall back to a plain seeded split
+        a, b = train_test_split(ids, test_size=frac, random_state=seed)
+    return np.asarray(a), np.asarray(b)
+
+
+def run_split(jobs: pd.DataFrame, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> Split:
+    """Whole runs to train/validation/test, stratified by the run's anomaly type, seeded."""
+    rt = run_anomaly_type(jobs)
+    ids = rt.index.to_numpy()
+    if len(ids) < 3:
+        raise DataError(f"a run split needs at least 3 runs, got {len(ids)}")
+    train_f, val_f, test_f = fractions
+    rest, test_ids = _split_ids(ids, rt.loc[ids].to_numpy(), test_f, seed)
+    train_ids, val_ids = _split_ids(rest, rt.loc[rest].to_numpy(), val_f / (train_f + val_f), seed)
+    parts = {p: jobs[jobs["run_id"].isin(set(i))].reset_index(drop=True)
+             for p, i in (("train", train_ids), ("validation", val_ids), ("test", test_ids))}
+    sets = [set(parts[p]["run_id"]) for p in parts]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2]), "a run id appears in two parts"
+    info = {"runs": {p: len(s) for p, s in zip(parts, sets)}, "seed": seed}
+    return Split(parts["train"], parts["validation"], parts["test"], "run", DESCRIPTIONS["run"], info)
+
+
+def workflow_split(jobs: pd.DataFrame, test_workflow: str, seed: int = 0) -> Split:
+    """Train/validate on every other workflow (by runs), test on ``test_workflow``."""
+    wfs = sorted(jobs["workflow"].unique())
+    if test_workflow not in wfs:
+        raise LlmadError(f"test workflow {test_workflow!r} is not in the data ({', '.join(wfs)}); "
+                         f"load several, e.g. flowbench:1000genome,montage")
+    if len(wfs) < 2:
+        raise LlmadError("a workflow split needs at least two workflows in the data")
+    test = jobs[jobs["workflow"] == test_workflow].reset_index(drop=True)
+    rest = jobs[jobs["workflow"] != test_workflow]
+    rt = run_anomaly_type(rest)
+    tr, va = _split_ids(rt.index.to_numpy(), rt.to_numpy(), 0.15, seed)
+    train = rest[rest["run_id"].isin(set(tr))].reset_index(drop=True)
+    val = rest[rest["run_id"].isin(set(va))].reset_index(drop=True)
+    info = {"train_workflows": [w for w in wfs if w != test_workflow], "test_workflow": test_workflow, "seed": seed}
+    return Split(train, val, test, "workflow", DESCRIPTIONS["workflow"], info)
+
+
+_SENT = re.compile(r"(\w+) is (\S+) ")
+
+
+def parse_paper_sentence(text: str) -> dict[str, float]:
+    """Features back from a published sentence (``wms_delay is 6.0 ...``)."""
+    return {k: float(v) for k, v in _SENT.findall(text)}
+
+
+def published_rows(workflow: str, part: str, data_dir: str | Path | None = None) -> pd.DataFrame:
+    """The published LLM_AD rows (``text,label``) for a workflow and part."""
+    base = find_data_dir(data_dir, needs=f"llm_ad/{workflow}")
+    path = base / "llm_ad" / workflow / f"{part}.csv"
+    if not path.is_file():
+        raise DataError(f"no published {part} rows for workflow {workflow!r}", file=str(path))
+    df = pd.read_csv(path)
+    for col in ("text", "label"):
+        if col not in df.columns:
+            raise DataError("missing column", file=str(path), row=1, field=col)
+    return df
+
+
+def paper_split(jobs: pd.DataFrame, data_dir: str | Path | None = None) -> Split:
+    """Validation/test = the published LLM_AD rows; train = the multiset remainder of the jobs."""
+    from llmad.render import render_jobs
+
+    wfs = jobs["workflow"].unique()
+    if len(wfs) != 1:
+        raise LlmadError("the paper split is defined per workflow; load one workflow")
+    wf = wfs[0]
+    texts = render_jobs(jobs, "paper")
+    pool: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, (t, y) in enumerate(zip(texts, jobs["label"].to_numpy())):
+        pool[(t, int(y))].append(i)
+    for v in pool.values():
+        v.reverse()  # pop() takes the first occurrence
+    taken: set[int] = set()
+    parts: dict[str, pd.DataFrame] = {}
+    unmatched: dict[str, list[str]] = {}
+    for part in ("validation", "test"):
+        pub = published_rows(wf, part, data_dir)
+        rows, miss = [], []
+        for t, y in zip(pub["text"], pub["label"].astype(int)):
+            cand = pool.get((t, y))
+            if cand:
+                i = cand.pop()
+                taken.add(i)
+                rec = jobs.iloc[i].to_dict()
+            else:
+                # Not in this copy of the data: keep the published row, features parsed from its sentence.
+                rec = {"workflow": wf, "run_id": "unmatched", "job_id": "unmatched", "label": y,
+                       "anomaly_type": "normal" if y == 0 else "unknown", "job_type": "unknown",
+                       "host": "unknown", "transformation": "unknown", **parse_paper_sentence(t)}
+                miss.append(t)
+            rec["published_text"] = t
+            rows.append(rec)
+        parts[part] = pd.DataFrame(rows, columns=list(jobs.columns) + ["published_text"])
+        unmatched[part] = miss
+    train = jobs.drop(index=jobs.index[sorted(taken)]).reset_index(drop=True)
+    train_texts = set(render_jobs(train, "paper"))
+    test_texts = parts["test"]["published_text"]
+    overlap = float(np.mean([t in train_texts for t in test_texts]))
+    info = {"workflow": wf, "unmatched_rows": {p: len(v) for p, v in unmatched.items()},
+            "unmatched_examples": {p: v[:20] for p, v in unmatched.items()},
+            "test_rows_with_identical_train_sentence": overlap}
+    return Split(train, parts["validation"], parts["test"], "paper", DESCRIPTIONS["paper"], info)
+
+
+def make_split(jobs: pd.DataFrame, kind: str = "run", seed: int = 0, test_workflow: str | None = None,
+               data_dir: str | Path | None = None, limit: int | None = None) -> Split:
+    """Build a split by kind (run | paper | workflow); ``limit`` subsamples each part (seeded) for quick runs."""
+    if kind == "run":
+        split = run_split(jobs, seed=seed)
+    elif kind == "paper":
+        split = paper_split(jobs, data_dir=data_dir)
+    elif kind == "workflow":
+        if test_workflow is None:
+            raise LlmadError("split 'workflow' needs a test workflow (--test-workflow)")
+        split = workflow_split(jobs, test_workflow, seed=seed)
+    else:
+        raise LlmadError(f"unknown split {kind!r}; expected one of {', '.join(SPLIT_KINDS)}")
+    if limit:
+        for p in ("train", "validation", "test"):
+            df = split.part(p)
+            if len(df) > limit:
+                setattr(split, p, df.sample(n=limit, random_state=seed).reset_index(drop=True))
+        split.info["limit_per_part"] = limit
+    split.info["sizes"] = split.sizes()
+    return split
+
+
+__all__ = ["Split", "make_split", "run_split", "paper_split", "workflow_split", "published_rows",
+           "parse_paper_sentence", "run_anomaly_type", "PAPER_FEATURES", "SPLIT_KINDS"]

@@ -1,0 +1,139 @@
+"""Strong non-LLM references on job features: random forest, gradient boosting, isolation forest, kNN.
+
+``features="plain"`` uses the nine LLM_AD sentence features; ``"context"`` adds the peer/host ``ctx_*`` features
+(``llmad.data.context``) that a human operator would look at.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from llmad.data.context import CONTEXT_FEATURES, add_context_features
+from llmad.data.flowbench import PAPER_FEATURES
+from llmad.detectors.base import Detector
+from llmad.errors import LlmadError
+
+METHODS = ("rf", "hgb", "iforest", "knn")
+FEATURE_SETS = ("plain", "context")
+
+
+@dataclass
+class BaselineConfig:
+    """A classical detector on job features."""
+
+    method: str = "rf"
+    features: str = "plain"  # plain | context
+    causal: bool = False  # context features from earlier-finished peers only
+    seed: int = 0
+    n_estimators: int = 300
+
+
+def feature_columns(features: str) -> list[str]:
+    """Column names of a feature set."""
+    if features == "plain":
+        return list(PAPER_FEATURES)
+    if features == "context":
+        return list(PAPER_FEATURES) + CONTEXT_FEATURES
+    raise LlmadError(f"unknown feature set {features!r}; expected plain or context")
+
+
+def feature_matrix(jobs: pd.DataFrame, features: str = "plain", causal: bool = False) -> np.ndarray:
+    """The numeric matrix of a feature set (context columns computed when missing)."""
+    cols = feature_columns(features)
+    if features == "context" and not all(c in jobs.columns for c in CONTEXT_FEATURES):
+        jobs = add_context_features(jobs, causal=causal)
+    return jobs[cols].to_numpy(dtype=np.float64)
+
+
+class BaselineDetector(Detector):
+    """sklearn detectors behind the common contract; supervised ones use labels, iforest does not."""
+
+    def __init__(self, method: str = "rf", features: str = "plain", causal: bool = False, seed: int = 0,
+                 n_estimators: int = 300):
+        self.method, self.features, self.causal, self.seed, self.n_estimators = (
+            method, features, causal, seed, n_estimators)
+        self.name = f"{method}-{features}"
+
+    @classmethod
+    def from_config(cls, cfg: BaselineConfig) -> "BaselineDetector":
+        """Build from a ``BaselineConfig``."""
+        return cls(**asdict(cfg))
+
+    def _model(self):
+        n_jobs = 2
+        if self.method == "rf":
+            # NaN marks missing stages (no transfer); sklearn's forest handles it natively.
+            return RandomForestClassifier(n_estimators=self.n_estimators, n_jobs=n_jobs, random_state=self.seed,
+                                          min_samples_leaf=1)
+        if self.method == "hgb":
+            return HistGradientBoostingClassifier(max_iter=self.n_estimators, learning_rate=0.1,
+                                                  random_state=self.seed, early_stopping=False)
+        if self.method == "knn":
+            return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0), StandardScaler(),
+                                 KNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=n_jobs))
+        if self.method == "iforest":
+            return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0),
+                                 IsolationForest(n_estimators=self.n_estimators, random_state=self.seed,
+                                                 n_jobs=n_jobs))
+        raise LlmadError(f"unknown baseline method {self.method!r}; expected one of {', '.join(METHODS)}")
+
+    def _x(self, jobs: pd.DataFrame) -> np.ndarray:
+        x = feature_matrix(jobs, self.features, self.causal)
+        return np.where(np.isinf(x), np.nan, x)
+
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "BaselineDetector":
+        """Fit on train (labels unused by iforest); threshold on validation."""
+        self.model_ = self._model()
+        x = self._x(train)
+        if self.method == "iforest":
+            self.model_.fit(x)
+        else:
+            y = train["label"].to_numpy()
+            if len(np.unique(y)) < 2:
+                raise LlmadError(f"{self.method} needs both classes in train; got only label {y[0]}")
+            self.model_.fit(x, y)
+        if validation is not None and len(validation):
+            self.set_threshold(self.score(validation), validation["label"].to_numpy())
+        else:
+            self.threshold_ = 0.5
+        return self
+
+    def score(self, items: pd.DataFrame) -> np.ndarray:
+        """Probability of anomaly (supervised) or negated isolation-forest score."""
+        x = self._x(items)
+        if self.method == "iforest":
+            return -self.model_.score_samples(x)
+        return self.model_.predict_proba(x)[:, 1]
+
+    def save(self, path: str | Path) -> None:
+        """Pickle the sklearn model (our own object, trusted) plus a JSON config."""
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "detector.json").write_text(json.dumps({"kind": "baseline", **self.get_params(),
+                                                     "threshold": self.threshold_}))
+        with open(p / "model.pkl", "wb") as fh:
+            pickle.dump(self.model_, fh)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BaselineDetector":
+        """Load a saved baseline."""
+        p = Path(path)
+        meta = json.loads((p / "detector.json").read_text())
+        thr = meta.pop("threshold")
+        meta.pop("kind", None)
+        meta.pop("name", None)
+        det = cls(**meta)
+        with open(p / "model.pkl", "rb") as fh:
+            det.model_ = pickle.load(fh)
+        det.threshold_ = thr
+        return det

@@ -1,0 +1,306 @@
+"""Numeric-track detectors on metric windows: the shared ``WindowDetector`` contract, and the classical
+baselines IsolationForest, an LSTM autoencoder (torch) and random forest / gradient boosting on window features.
+
+Every detector scores *steps* inside a window (``score_steps`` -> (N, L), higher = more anomalous); overlapping
+windows are averaged back to one score per point (``WindowSet.points_from_steps``), and the threshold is chosen
+on validation *points* (``Detector.set_threshold``), never on test. Window-level models (iforest, rf, hgb)
+broadcast their window score over the window's steps.
+
+Saved sklearn models are pickles: load only files you wrote yourself.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmad.data.windows import WindowSet, window_features
+from llmad.detectors.base import Detector
+from llmad.errors import LlmadError
+
+
+def as_windows(items: Any) -> np.ndarray:
+    """A WindowSet or an (N, L, F) array -> (N, L, F) float32 array."""
+    if isinstance(items, WindowSet):
+        return items.windows()
+    x = np.asarray(items, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise LlmadError(f"expected windows of shape (N, L, F), got {x.shape}")
+    return x
+
+
+def check_finite(x: np.ndarray, what: str = "windows") -> np.ndarray:
+    """Numeric detectors get gap-filled, normalised input; NaN/inf here is a bug upstream, so fail loudly."""
+    if not np.isfinite(x).all():
+        raise LlmadError(f"{what} contain {int((~np.isfinite(x)).sum())} NaN/inf values; build them with "
+                         f"llmad.data.windows.make_windows (it forward-fills gaps)")
+    return x
+
+
+class WindowDetector(Detector):
+    """Base of the numeric detectors: fit on train windows, step scores, point threshold from validation."""
+
+    name = "window-detector"
+    supervised = False
+
+    # -- to implement ------------------------------------------------------------------------------------
+    def _fit(self, train: WindowSet) -> None:
+        raise NotImplementedError
+
+    def score_steps(self, items: Any) -> np.ndarray:
+        """(N, L) step scores, higher = more anomalous."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------------------
+    def fit(self, train: WindowSet, validation: WindowSet | None = None) -> "WindowDetector":
+        """Learn from ``train`` windows; choose ``threshold_`` on ``validation`` point scores."""
+        if len(train) == 0 and not getattr(self, "zero_shot_ok", False):
+            raise LlmadError(f"{self.name}: no training windows")
+        t0 = time.perf_counter()
+        self._fit(train)
+        self.fit_seconds_ = time.perf_counter() - t0
+        if validation is not None and len(validation):
+            self.calibrate(validation)
+        return self
+
+    def calibrate(self, validation: WindowSet) -> float:
+        """Set ``threshold_`` on validation point scores and labels."""
+        if not validation.all_labeled():
+            raise LlmadError("the validation part has no labels; cannot choose a threshold")
+        s = self.score_points(validation)
+        return self.set_threshold(s, validation.point_labels())
+
+    def score(self, items: Any) -> np.ndarray:
+        """One score per window: the mean of its step scores."""
+        return np.asarray(self.score_steps(items)).mean(axis=1)
+
+    def score_points(self, ws: WindowSet, how: str = "mean") -> np.ndarray:
+        """One score per point of the WindowSet's series (overlapping windows averaged)."""
+        pts = ws.points_from_steps(self.score_steps(ws), how=how)
+        if not np.isfinite(pts).all():
+            raise LlmadError(f"{self.name}: produced non-finite scores")
+        return pts
+
+    def predict_points(self, ws: WindowSet) -> np.ndarray:
+        """0/1 per point from ``score_points`` and the validation threshold."""
+        if self.threshold_ is None:
+            raise RuntimeError(f"{type(self).__name__} has no threshold_: fit with validation data first")
+        return (self.score_points(ws) >= self.threshold_).astype(int)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "params": self.get_params(), "threshold": self.threshold_}
+
+    def _write_meta(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        from llmad.io import write_json
+
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "detector.json", {**self._meta(), **(extra or {})})
+
+    @staticmethod
+    def _read_meta(path: Path) -> dict[str, Any]:
+        f = Path(path) / "detector.json"
+        if not f.is_file():
+            raise LlmadError(f"{path}: no detector.json (not a saved llmad numeric detector)")
+        return json.loads(f.read_text())
+
+
+class _SklearnWindowDetector(WindowDetector):
+    """Window-feature models; the window score is broadcast over its steps."""
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        return window_features(check_finite(x))
+
+    def score_steps(self, items: Any) -> np.ndarray:
+        x = as_windows(items)
+        w = self._window_scores(x)
+        return np.repeat(w[:, None], x.shape[1], axis=1)
+
+    def _window_scores(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """detector.json + a pickle of the sklearn model."""
+        from llmad.io import atomic_path
+
+        path = Path(path)
+        self._write_meta(path)
+        with atomic_path(path / "model.pkl") as tmp, open(tmp, "wb") as fh:
+            pickle.dump(self.model_, fh)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "_SklearnWindowDetector":
+        """Inverse of ``save`` (a pickle: only load your own files)."""
+        meta = cls._read_meta(Path(path))
+        det = cls(**meta["params"])
+        with open(Path(path) / "model.pkl", "rb") as fh:
+            det.model_ = pickle.load(fh)
+        det.threshold_ = meta["threshold"]
+        return det
+
+
+class IForestDetector(_SklearnWindowDetector):
+    """IsolationForest on window summary features (unsupervised)."""
+
+    name = "iforest"
+
+    def __init__(self, n_estimators: int = 200, seed: int = 0, max_samples: int | str = "auto"):
+        self.n_estimators, self.seed, self.max_samples = n_estimators, seed, max_samples
+
+    def _fit(self, train: WindowSet) -> None:
+        from sklearn.ensemble import IsolationForest
+
+        self.model_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed,
+                                      max_samples=self.max_samples, n_jobs=1)
+        self.model_.fit(self._features(as_windows(train)))
+
+    def _window_scores(self, x: np.ndarray) -> np.ndarray:
+        return -self.model_.score_samples(self._features(x))
+
+
+class ForestDetector(_SklearnWindowDetector):
+    """Supervised reference: random forest (``rf``) or gradient boosting (``hgb``) on window features."""
+
+    supervised = True
+
+    def __init__(self, method: str = "rf", n_estimators: int = 200, seed: int = 0):
+        if method not in ("rf", "hgb"):
+            raise LlmadError(f"forest method {method!r}: expected rf or hgb")
+        self.method, self.n_estimators, self.seed = method, n_estimators, seed
+        self.name = method
+
+    def _fit(self, train: WindowSet) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+        if not train.all_labeled():
+            raise LlmadError(f"{self.method} is supervised: its training windows need labels")
+        y = train.window_labels()
+        if len(np.unique(y)) < 2:
+            raise LlmadError(f"{self.method} needs both normal and anomalous training windows "
+                             f"(got {int(y.sum())} anomalous of {len(y)}); use more --shots")
+        X = self._features(as_windows(train))
+        if self.method == "rf":
+            self.model_ = RandomForestClassifier(n_estimators=self.n_estimators, random_state=self.seed, n_jobs=1,
+                                                 class_weight="balanced_subsample", min_samples_leaf=2)
+        else:
+            self.model_ = HistGradientBoostingClassifier(max_iter=self.n_estimators, random_state=self.seed,
+                                                         class_weight="balanced", early_stopping=False)
+        self.model_.fit(X, y)
+
+    def _window_scores(self, x: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(self._features(x))[:, 1]
+
+
+# ------------------------------------------------------------------------------------------ LSTM autoencoder
+def _torch_threads() -> None:
+    import os
+
+    import torch
+
+    n = int(os.environ.get("LLMAD_TORCH_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+class LSTMAEDetector(WindowDetector):
+    """LSTM autoencoder (encoder LSTM -> last state repeated -> decoder LSTM -> linear); step score = squared
+    reconstruction error averaged over features. Trained on (normal) train windows only."""
+
+    name = "lstm-ae"
+
+    def __init__(self, hidden: int = 32, epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
+                 max_steps: int = 400, seed: int = 0, device: str | None = None):
+        self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
+        self.max_steps, self.seed, self.device = max_steps, seed, device
+
+    def _build(self, n_features: int):
+        import torch
+        from torch import nn
+
+        class _AE(nn.Module):
+            def __init__(self, f: int, h: int):
+                super().__init__()
+                self.enc = nn.LSTM(f, h, batch_first=True)
+                self.dec = nn.LSTM(h, h, batch_first=True)
+                self.out = nn.Linear(h, f)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                _, (h, _) = self.enc(x)
+                z = h[-1].unsqueeze(1).repeat(1, x.shape[1], 1)
+                y, _ = self.dec(z)
+                return self.out(y)
+
+        return _AE(n_features, self.hidden)
+
+    def _dev(self) -> str:
+        from llmad.models import pick_device_dtype
+
+        return self.device or pick_device_dtype()[0]
+
+    def _fit(self, train: WindowSet) -> None:
+        import torch
+
+        _torch_threads()
+        torch.manual_seed(self.seed)
+        x = check_finite(as_windows(train))
+        self.n_features_ = x.shape[2]
+        dev = self._dev()
+        self.model_ = self._build(self.n_features_).to(dev)
+        opt = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
+        rng = np.random.default_rng(self.seed)
+        steps, self.losses_ = 0, []
+        self.model_.train()
+        for _ in range(self.epochs):
+            for b in np.array_split(rng.permutation(len(x)), max(1, int(np.ceil(len(x) / self.batch_size)))):
+                xb = torch.from_numpy(x[b]).to(dev)
+                loss = torch.mean((self.model_(xb) - xb) ** 2)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                self.losses_.append(float(loss))
+                steps += 1
+                if steps >= self.max_steps:
+                    break
+            if steps >= self.max_steps:
+                break
+        self.model_.eval()
+
+    def score_steps(self, items: Any) -> np.ndarray:
+        import torch
+
+        x = check_finite(as_windows(items))
+        dev = self._dev()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), 256):
+                xb = torch.from_numpy(x[i:i + 256]).to(dev)
+                out.append(((self.model_(xb) - xb) ** 2).mean(-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, x.shape[1]))
+
+    def save(self, path: str | Path) -> None:
+        """detector.json + safetensors weights."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self._write_meta(path, {"n_features": self.n_features_})
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()},
+                  str(path / "model.safetensors"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LSTMAEDetector":
+        """Inverse of ``save``."""
+        from safetensors.torch import load_file
+
+        meta = cls._read_meta(Path(path))
+        det = cls(**meta["params"])
+        det.n_features_ = meta["n_features"]
+        det.model_ = det._build(det.n_features_)
+        det.model_.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
+        det.model_.to(det._dev()).eval()
+        det.threshold_ = meta["threshold"]
+        return det

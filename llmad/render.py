@@ -1,0 +1,161 @@
+"""Sandboxed Jinja rendering of jobs and prompts. Templates are files (``prompts/`` or a user path).
+
+Field values are passed as *data* in the render context: Jinja never evaluates the content of a variable,
+so a log field holding ``{{ ... }}`` or an instruction-like string comes out literally. The sandbox stops a
+user template from reaching Python internals.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llmad.data.flowbench import PAPER_FEATURES
+from llmad.errors import LlmadError
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+
+def pyfloat(v: Any) -> str:
+    """Python's float repr, as the LLM_AD sentences print values (``6.0``, ``nan``)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(f)
+
+
+def compact_num(v: Any) -> str:
+    """Few-token numbers for WordPiece: integers without ``.0``, 3 significant digits, k/M/G for large values."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(f):
+        return "na"
+    a = abs(f)
+    if a >= 1e4:
+        div, suf = (1e9, "g") if a >= 1e9 else (1e6, "m") if a >= 1e6 else (1e3, "k")
+        return f"{f / div:.3g}{suf}"
+    if a >= 100 or f == int(f):
+        return str(int(round(f)))
+    return f"{f:.3g}"
+
+
+def ratio(v: Any) -> str:
+    """A relative value as a short string (``2.3x``), ``na`` when missing."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "na"
+    if math.isnan(f) or math.isinf(f):
+        return "na"
+    return f"{f:.1f}x" if f < 10 else f"{f:.0f}x"
+
+
+def isnan(v: Any) -> bool:
+    """True for missing values (None/NaN)."""
+    try:
+        return v is None or math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+@lru_cache(maxsize=16)
+def _env(extra_dir: str | None) -> ImmutableSandboxedEnvironment:
+    dirs = [str(PROMPTS_DIR)] + ([extra_dir] if extra_dir else [])
+    env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(dirs), undefined=StrictUndefined,
+                                        autoescape=False, keep_trailing_newline=False,
+                                        trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pyfloat=pyfloat, num=compact_num, ratio=ratio)
+    env.tests["nan"] = isnan
+    return env
+
+
+def resolve_template(name: str, kind: str = "job") -> tuple[str, str | None]:
+    """(template name for the loader, extra search dir): a built-in name under prompts/<kind> or a file path."""
+    p = Path(name).expanduser()
+    if p.suffix in (".j2", ".jinja", ".txt") or p.exists():
+        if not p.is_file():
+            raise LlmadError(f"template file {p} does not exist")
+        return p.name, str(p.resolve().parent)
+    builtin = PROMPTS_DIR / kind / f"{name}.j2"
+    if not builtin.is_file():
+        known = sorted(q.stem for q in (PROMPTS_DIR / kind).glob("*.j2"))
+        raise LlmadError(f"unknown {kind} template {name!r}; built-in: {', '.join(known)}, or pass a .j2 file path")
+    return f"{kind}/{name}.j2", None
+
+
+def get_template(name: str, kind: str = "job"):
+    """Load a sandboxed template by built-in name or path."""
+    tname, extra = resolve_template(name, kind)
+    try:
+        return _env(extra).get_template(tname)
+    except TemplateSyntaxError as e:
+        raise LlmadError(f"template {e.filename or name}, line {e.lineno}: {e.message}") from None
+    except TemplateNotFound:
+        raise LlmadError(f"template {name!r} not found") from None
+
+
+def template_hash(name: str, kind: str = "job") -> str:
+    """sha256 of the template source (for provenance)."""
+    tname, extra = resolve_template(name, kind)
+    src, _, _ = _env(extra).loader.get_source(_env(extra), tname)
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def render_file(name: str, kind: str = "icl", **context: Any) -> str:
+    """Render any prompt template (``prompts/<kind>/<name>.j2`` or a path) with ``context`` as data."""
+    try:
+        return get_template(name, kind).render(**context)
+    except LlmadError:
+        raise
+    except Exception as e:  # undefined variables, sandbox violations
+        raise LlmadError(f"template {name!r}: {type(e).__name__}: {e}") from None
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return df.to_dict(orient="records")
+
+
+def render_jobs(jobs: pd.DataFrame, template: str = "paper", causal: bool = False,
+                features: Sequence[str] = PAPER_FEATURES) -> list[str]:
+    """Render each job row to a sentence with a job template (``paper``, ``compact``, ``context`` or a path)."""
+    tpl = get_template(template, "job")
+    frame = jobs
+    if template == "context" or "ctx_" in _template_source(template):
+        from llmad.data.context import add_context_features
+
+        if not any(c.startswith("ctx_") for c in jobs.columns):
+            frame = add_context_features(jobs, causal=causal)
+    out = []
+    try:
+        for rec in _records(frame):
+            out.append(tpl.render(job=rec, features=list(features)))
+    except Exception as e:
+        raise LlmadError(f"template {template!r}: {type(e).__name__}: {e}") from None
+    return out
+
+
+@lru_cache(maxsize=32)
+def _template_source(name: str) -> str:
+    tname, extra = resolve_template(name, "job")
+    return _env(extra).loader.get_source(_env(extra), tname)[0]
+
+
+def render_one(job: dict[str, Any], template: str = "paper", features: Iterable[str] = PAPER_FEATURES) -> str:
+    """Render a single job mapping (context columns must already be present for ``context``)."""
+    return get_template(template, "job").render(job=dict(job), features=list(features))
+
+
+def token_counts(texts: Sequence[str], tokenizer) -> np.ndarray:
+    """Tokens per text under ``tokenizer`` (special tokens included)."""
+    enc = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    return np.array([len(e) for e in enc])

@@ -1,0 +1,130 @@
+"""Time-series anomaly metrics on per-point scores: point-wise P/R/F1, PR-AUC, ROC-AUC, FPR at 95% recall,
+event-level recall and detection delay, and (clearly labelled) point-adjusted F1.
+
+Point adjustment (Xu et al., 2018) marks a whole labelled segment detected when any one of its points is
+flagged. It inflates scores a lot (random scores reach high PA-F1 on SMD, Kim et al. AAAI'22), so it is
+reported under ``point_adjusted_INFLATED`` only and never used to choose a threshold or a model.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from llmad.metrics import classification_report
+
+
+def event_spans(event_ids: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Event id -> (first index, last index + 1) in a concatenated point array."""
+    ev = np.asarray(event_ids)
+    out: dict[int, tuple[int, int]] = {}
+    for e in np.unique(ev[ev >= 0]):
+        idx = np.flatnonzero(ev == e)
+        out[int(e)] = (int(idx[0]), int(idx[-1]) + 1)
+    return out
+
+
+def event_metrics(labels: np.ndarray, predictions: np.ndarray, event_ids: np.ndarray,
+                  event_types: dict[int, str] | None = None, tolerance: int = 0,
+                  step_seconds: float | None = None) -> dict[str, Any]:
+    """Per-event recall (detected = any flagged point in the event, or within ``tolerance`` points after it)
+    and detection delay (points from the event's first point to its first flagged point)."""
+    p = np.asarray(predictions).astype(bool)
+    spans = event_spans(event_ids)
+    per_type: dict[str, list[tuple[bool, float]]] = {}
+    delays, hits = [], []
+    for e, (a, b) in spans.items():
+        seg = p[a:min(len(p), b + tolerance)]
+        det = bool(seg.any())
+        d = float(np.argmax(seg)) if det else float("nan")
+        hits.append(det)
+        if det:
+            delays.append(d)
+        t = (event_types or {}).get(e, "event")
+        per_type.setdefault(t, []).append((det, d))
+    out: dict[str, Any] = {
+        "events": len(spans),
+        "event_recall": float(np.mean(hits)) if hits else float("nan"),
+        "mean_delay_points": float(np.mean(delays)) if delays else float("nan"),
+        "median_delay_points": float(np.median(delays)) if delays else float("nan"),
+        "event_tolerance_points": int(tolerance),
+    }
+    if step_seconds:
+        out["mean_delay_seconds"] = out["mean_delay_points"] * step_seconds
+    out["per_type"] = {t: {"events": len(v), "event_recall": float(np.mean([h for h, _ in v])),
+                           "mean_delay_points": float(np.nanmean([d for _, d in v])) if any(h for h, _ in v)
+                           else float("nan")}
+                       for t, v in sorted(per_type.items())}
+    # False alarms outside events: flagged points with label 0, and alarm runs (contiguous flagged normal points)
+    lab = np.asarray(labels).astype(bool)
+    fa = p & ~lab
+    out["false_alarm_points"] = int(fa.sum())
+    out["false_alarm_runs"] = int(np.sum(np.diff(np.concatenate([[0], fa.astype(int)])) == 1))
+    return out
+
+
+def point_adjust(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """Point-adjusted predictions: a labelled segment with any flagged point becomes fully flagged."""
+    lab = np.asarray(labels).astype(int)
+    adj = np.asarray(predictions).astype(int).copy()
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], lab])) == 1)
+    ends = np.flatnonzero(np.diff(np.concatenate([lab, [0]])) == -1) + 1
+    for a, b in zip(starts, ends):
+        if adj[a:b].any():
+            adj[a:b] = 1
+    return adj
+
+
+def _f1(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    tp = float(np.sum((p == 1) & (y == 1)))
+    fp = float(np.sum((p == 1) & (y == 0)))
+    fn = float(np.sum((p == 0) & (y == 1)))
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
+
+
+def ts_report(labels: Sequence[int], scores: Sequence[float], threshold: float,
+              event_ids: np.ndarray | None = None, event_types: dict[int, str] | None = None,
+              tolerance: int = 0, step_seconds: float | None = None) -> dict[str, Any]:
+    """Everything for one detector on one test part: point metrics at the validation ``threshold``, AUCs,
+    FPR@95% recall, event recall/delay (overall and per type), and the labelled point-adjusted F1."""
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=float)
+    if len(y) != len(s):
+        raise ValueError(f"{len(y)} labels for {len(s)} scores")
+    if not np.isfinite(s).all():
+        raise ValueError(f"{int((~np.isfinite(s)).sum())} non-finite scores: a detector must not emit NaN/inf")
+    pred = (s >= threshold).astype(int)
+    rep = classification_report(y, scores=s, predictions=pred, threshold=threshold)
+    rep.pop("accuracy", None)
+    rep["predicted_positive_rate"] = float(pred.mean()) if len(pred) else float("nan")
+    rep["score_std"] = float(s.std()) if len(s) else float("nan")
+    if event_ids is not None:
+        rep["event"] = event_metrics(y, pred, event_ids, event_types, tolerance=tolerance,
+                                     step_seconds=step_seconds)
+        if event_types:
+            rep["per_type"] = per_type_point_metrics(y, s, pred, np.asarray(event_ids), event_types)
+    rep["point_adjusted_INFLATED"] = {
+        "note": "point-adjusted (a segment counts as found if any point is flagged); inflates random scores; "
+                "reported for comparison with published numbers only, never used for selection",
+        **_f1(y, point_adjust(y, pred)),
+    }
+    return rep
+
+
+def per_type_point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray, event_ids: np.ndarray,
+                           event_types: dict[int, str]) -> dict[str, dict[str, float]]:
+    """Point metrics restricted to normal points plus the points of one fault type (one row per type)."""
+    from sklearn import metrics as skm
+
+    out = {}
+    types = np.array([event_types.get(int(e), "") if e >= 0 else "" for e in event_ids])
+    for t in sorted(set(event_types.values())):
+        m = (y == 0) | (types == t)
+        yy, ss, pp = y[m], s[m], pred[m]
+        both = 0 < yy.sum() < len(yy)
+        out[t] = {"positives": int(yy.sum()), **_f1(yy, pp),
+                  "roc_auc": float(skm.roc_auc_score(yy, ss)) if both else float("nan"),
+                  "pr_auc": float(skm.average_precision_score(yy, ss)) if both else float("nan")}
+    return out
