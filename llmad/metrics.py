@@ -29,7 +29,7 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float], objective: 
         fp = float(np.sum(pred & (y == 0)))
         fn = float(pos - tp)
         if objective == "f1":
-            v = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 0.0
+            v = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0  # nothing to find, nothing flagged
         elif objective == "accuracy":
             v = float(np.mean(pred == (y == 1)))
         elif objective == "youden":

@@ -223,6 +223,33 @@ def fault_type_split(series: Sequence[Series], test_types: Sequence[str], val_fr
                        info={"test_types": sorted(test_types), "train_types": sorted(known - test_types)})
 
 
+def alternate_event_segments(series: Sequence[Series]) -> tuple[list[Series], list[Series]]:
+    """Cut series at midpoints between labelled events and deal the event stretches alternately into two
+    parts (in time order over all series); fault-free series go whole to the first part. Used to carve a
+    supervised label pool and a separate threshold-calibration part out of one labelled part."""
+    segs = []
+    first: list[Series] = []
+    for s in series:
+        ids = [int(e) for e in pd.unique(s.event_ids) if e >= 0]
+        if not ids:
+            first.append(s)
+            continue
+        spans = sorted((int(np.flatnonzero(s.event_ids == e)[0]), int(np.flatnonzero(s.event_ids == e)[-1]) + 1)
+                       for e in ids)
+        bounds = [0] + [(b0 + a1) // 2 for (_, b0), (a1, _) in zip(spans[:-1], spans[1:])] + [len(s)]
+        for (lo, hi), (a, _) in zip(zip(bounds[:-1], bounds[1:]), spans):
+            key = s.timestamps[a] if s.timestamps is not None else a
+            segs.append((key, len(segs), s.slice(lo, hi, name=f"{s.name}@{lo}")))
+    if len(segs) < 2:
+        raise LlmadError(f"need at least 2 labelled events to separate a label pool from the threshold "
+                         f"calibration part, found {len(segs)}")
+    second: list[Series] = []
+    for k, (_, _, seg) in enumerate(sorted(segs, key=lambda r: (r[0], r[1]))):
+        (first if k % 2 == 0 else second).append(seg)
+    order = lambda x: (x.meta.get("parent", x.name), x.meta.get("_start", 0))  # noqa: E731
+    return _merge_adjacent(sorted(first, key=order)), _merge_adjacent(sorted(second, key=order))
+
+
 def _merge_adjacent(parts: list[Series]) -> list[Series]:
     """Concatenate segments cut from the same parent that touch end-to-start (keeps windows long enough)."""
     out: list[Series] = []

@@ -16,7 +16,6 @@ evaluated as template code.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -181,6 +180,53 @@ def parse_label(text: str, label_words: Sequence[str] = ("Normal", "Abnormal"), 
         return None
     hit = hits[-1] if cot else hits[0]
     return 1 if hit.group("ab") else 0
+
+
+# ---------------------------------------------------------------- KV cache helpers
+
+def _base_model(model: Any) -> Any:
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def cache_kwarg(model: Any) -> str:
+    """The forward/generate keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    import inspect
+
+    params = inspect.signature(_base_model(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def model_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned (``cache`` or ``past_key_values``)."""
+    c = getattr(output, "cache", None)
+    return c if c is not None else getattr(output, "past_key_values", None)
+
+
+def cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
+    """Per-layer (keys, values) of a DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def build_cache(kv: list[tuple[Any, Any]], batch: int) -> Any:
+    """A DynamicCache over ``kv`` broadcast to ``batch`` rows without copying; updates concatenate into new tensors."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    def grow(t):
+        return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
+
+    cache = DynamicCache()
+    # Filling the layers directly skips the copy DynamicCache(ddp_cache_data=...) makes: the first update's
+    # concatenation is then the only copy of the prefix per batch.
+    layers = []
+    for k, v in kv:
+        layer = DynamicLayer()
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = grow(k), grow(v)
+        layers.append(layer)
+    cache.layers = layers
+    return cache
 
 
 # ---------------------------------------------------------------- prompt frame
@@ -464,7 +510,8 @@ class ICLDetector(Detector):
         return out
 
     # ------------------------------------------------------------ forward passes
-    def _torch_prefix_cache(self, prefix_ids: list[int]):
+    def _torch_prefix_cache(self, prefix_ids: list[int]) -> list[tuple[Any, Any]]:
+        """Per-layer (keys, values) of the prefix, computed once per distinct prefix and kept."""
         import torch
 
         key = ("kv", tuple(prefix_ids))
@@ -473,7 +520,7 @@ class ICLDetector(Detector):
             with torch.no_grad():
                 ids = torch.tensor([prefix_ids], device=self._device())
                 out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-            self._prefix_cache[key] = out.past_key_values
+            self._prefix_cache[key] = cache_tensors(model_cache(out))
         return self._prefix_cache[key]
 
     def _device(self):
@@ -514,11 +561,10 @@ class ICLDetector(Detector):
                 pos = (start + torch.arange(width, device=dev)).unsqueeze(0).expand(b, -1)
                 with torch.no_grad():
                     if use_cache:
-                        cache = copy.deepcopy(self._torch_prefix_cache(g.prefix_ids))
-                        cache.batch_repeat_interleave(b)
+                        cache = build_cache(self._torch_prefix_cache(g.prefix_ids), b)
                         full_mask = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev), mask], 1)
                         res = model(input_ids=ids, attention_mask=full_mask, position_ids=pos,
-                                    past_key_values=cache, use_cache=bool(paths))
+                                    use_cache=bool(paths), **{cache_kwarg(model): cache})
                         last = lens - 1
                     else:
                         full_mask = mask
@@ -530,14 +576,16 @@ class ICLDetector(Detector):
                     for vi, (_, v) in enumerate(variants):
                         per_variant[vi] = lp1[:, v[0]].clone()
                     end = p_len + lens  # true total length of each row
-                    for pi, path in enumerate(paths):
+                    kv = cache_tensors(model_cache(res)) if paths else None
+                    for path in paths:
                         m = len(path)
-                        cache2 = res.past_key_values if pi == len(paths) - 1 else copy.deepcopy(res.past_key_values)
+                        # The stored tensors are only read: each update concatenates into new ones.
+                        cache2 = build_cache(kv, b)
                         ext = torch.tensor(path, device=dev).unsqueeze(0).expand(b, -1)
                         mask2 = torch.cat([full_mask, torch.ones((b, m), dtype=torch.long, device=dev)], 1)
                         pos2 = end.unsqueeze(1) + torch.arange(m, device=dev).unsqueeze(0)
-                        r2 = model(input_ids=ext, attention_mask=mask2, position_ids=pos2, past_key_values=cache2,
-                                   use_cache=True)
+                        r2 = model(input_ids=ext, attention_mask=mask2, position_ids=pos2, use_cache=True,
+                                   **{cache_kwarg(model): cache2})
                         lp2 = torch.log_softmax(r2.logits.float(), dim=-1)
                         for vi, (_, v) in enumerate(variants):
                             if len(v) > 1 and tuple(v[:-1]) == path:
@@ -615,7 +663,7 @@ class ICLDetector(Detector):
                 ids = torch.tensor([g.prefix_ids + q], device=dev)
                 kw: dict[str, Any] = {}
                 if use_cache:
-                    kw["past_key_values"] = copy.deepcopy(self._torch_prefix_cache(g.prefix_ids))
+                    kw[cache_kwarg(model)] = build_cache(self._torch_prefix_cache(g.prefix_ids), 1)
                 with torch.no_grad():
                     res = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                                          do_sample=False, pad_token_id=tok.pad_token_id, **kw)

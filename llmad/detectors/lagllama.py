@@ -10,8 +10,9 @@ distance). Thresholds come from validation.
 
 Checkpoints: the official ``lag-llama.ckpt`` (Lightning format: ``hyper_parameters.model_kwargs`` +
 ``state_dict`` with ``model.`` keys) from the hub id ``time-series-foundation-models/Lag-Llama`` or a path.
-It is read with ``torch.load(weights_only=True)`` and an allow-list of the gluonts classes it holds; anything
-else in the pickle is refused unless ``trust_checkpoint=True``. Offline, ``build_small_lagllama`` writes a small
+Files are read with ``torch.load(weights_only=True)``; llmad writes the distribution output by name so its own
+checkpoints need nothing more. The official file pickles a gluonts ``StudentTOutput`` (loading it can run
+code), so it loads only from the official hub id or with ``trust_checkpoint=True``. Offline, ``build_small_lagllama`` writes a small
 checkpoint in the same format (tests; ``llmad numeric --method lagllama`` trains one on the train part when
 ``--model`` is ``scratch``).
 
@@ -47,20 +48,21 @@ def default_lags(freqs: tuple[str, ...] = ("T",)) -> list[int]:
     return sorted(i - 1 for i in lags)
 
 
-def _safe_globals() -> list:
-    from gluonts.torch.distributions import NegativeBinomialOutput, NormalOutput, StudentTOutput
+def _distr_outputs() -> dict[str, Any]:
+    from gluonts.torch.distributions import NormalOutput, StudentTOutput
 
-    out = [StudentTOutput, NormalOutput, NegativeBinomialOutput]
-    with contextlib.suppress(Exception):
-        from gluonts.torch.modules.loss import NegativeLogLikelihood
+    return {"studentt": StudentTOutput, "normal": NormalOutput}
 
-        out.append(NegativeLogLikelihood)
-    with contextlib.suppress(Exception):
-        from sktime.libs.lag_llama.gluon_utils.gluon_ts_distributions.implicit_quantile_network import (
-            ImplicitQuantileNetworkOutput,
-        )
 
-        out.append(ImplicitQuantileNetworkOutput)
+def _plain_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """model_kwargs with the distribution output stored by name, so ``weights_only=True`` can read the file."""
+    out = dict(kw)
+    d = out.get("distr_output")
+    if not isinstance(d, str):
+        names = {cls: name for name, cls in _distr_outputs().items()}
+        if type(d) not in names:
+            raise LlmadError(f"cannot store Lag-Llama distribution output {type(d).__name__} by name")
+        out["distr_output"] = names[type(d)]
     return out
 
 
@@ -90,12 +92,12 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     import torch
 
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
         if not trust_checkpoint:
-            raise LlmadError(f"Lag-Llama checkpoint {path} holds objects outside the allow-list ({e}); "
-                             f"pass trust_checkpoint=True only for a file you trust") from None
+            raise LlmadError(f"Lag-Llama checkpoint {path} pickles Python objects (the official file stores a "
+                             f"gluonts StudentTOutput); loading it can run code: pass trust_checkpoint=True "
+                             f"(--trust-checkpoint) only for a file you trust") from None
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise LlmadError(f"{path} is not a Lag-Llama Lightning checkpoint (needs hyper_parameters and state_dict)")
@@ -107,6 +109,11 @@ def model_from_checkpoint(ckpt: dict[str, Any]):
     from sktime.libs.lag_llama.model.module import LagLlamaModel
 
     kw = dict(ckpt["hyper_parameters"]["model_kwargs"])
+    if isinstance(kw.get("distr_output"), str):
+        known = _distr_outputs()
+        if kw["distr_output"] not in known:
+            raise LlmadError(f"unknown Lag-Llama distribution output {kw['distr_output']!r}")
+        kw["distr_output"] = known[kw["distr_output"]]()
     model = LagLlamaModel(**kw)
     sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -139,7 +146,7 @@ def build_small_lagllama(path: str | Path, context_length: int = 32, n_layer: in
     from llmad.io import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save({"hyper_parameters": {"model_kwargs": kw},
+        torch.save({"hyper_parameters": {"model_kwargs": _plain_kwargs(kw)},
                     "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, str(tmp))
     return path
 
@@ -231,7 +238,8 @@ class LagLlamaDetector(WindowDetector):
 
         _torch_threads()
         torch.manual_seed(self.seed)
-        ckpt = load_checkpoint(resolve_checkpoint(self.model), self.trust_checkpoint)
+        # The official hub file pickles a gluonts object; naming its hub id is the user's explicit choice of it.
+        ckpt = load_checkpoint(resolve_checkpoint(self.model), self.trust_checkpoint or self.model == HUB_ID)
         self.model_, self.kw_ = model_from_checkpoint(ckpt)
         self.device_ = self.device or pick_device_dtype()[0]
         self.model_.to(self.device_).eval()
@@ -293,7 +301,7 @@ class LagLlamaDetector(WindowDetector):
         path = Path(path)
         self._write_meta(path, {"history": self.history_})
         with atomic_path(path / CKPT_NAME) as tmp:
-            torch.save({"hyper_parameters": {"model_kwargs": self.kw_},
+            torch.save({"hyper_parameters": {"model_kwargs": _plain_kwargs(self.kw_)},
                         "state_dict": {f"model.{k}": v.cpu() for k, v in self.model_.state_dict().items()}},
                        str(tmp))
 

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny Flow-Bench data built in code, and the real data dir (required, never skipped)."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+HEADER = ["", "anomaly_type", "type", "is_clustered", "ready", "submit", "execute_start", "execute_end",
+          "post_script_start", "post_script_end", "wms_delay", "queue_delay", "runtime", "post_script_delay",
+          "stage_in_delay", "stage_in_bytes", "stage_out_delay", "stage_out_bytes", "kickstart_hostname",
+          "kickstart_transformations", "kickstart_executables_cpu_time", "some_new_column"]
+
+
+def make_run_frame(run: int, n_jobs: int = 12, anomalous_host: str | None = None, anomaly: str = "cpu_3",
+                   seed: int = 0) -> pd.DataFrame:
+    """One synthetic DAG run in the Flow-Bench layout; jobs on ``anomalous_host`` are slow and labeled."""
+    rng = np.random.default_rng(seed + run)
+    rows = []
+    t = 1_600_000_000.0 + run * 10_000
+    for j in range(n_jobs):
+        host = f"worker{j % 3}"
+        slow = host == anomalous_host
+        runtime = float(round(rng.normal(100, 5) * (2.5 if slow else 1.0)))
+        ready = t + j * 7
+        start = ready + 10
+        rows.append([f"job_ID{j:07d}", anomaly if slow else "None", "compute", 0, ready, ready + 5, start,
+                     start + runtime, start + runtime + 1, start + runtime + 6, 5.0, 5.0, runtime, 5.0,
+                     float(rng.integers(1, 20)), 1000.0 + j, 4.0, 2000.0, host, f"tr{j % 2}",
+                     round(runtime * 0.9, 1), "x"])
+    return pd.DataFrame(rows, columns=HEADER)
+
+
+def write_zip(path: Path, frames: dict[str, pd.DataFrame], folder: str = "") -> Path:
+    """Write run frames as ``<name>.csv`` members of a zip (optionally inside a folder)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, df in frames.items():
+            buf = io.StringIO()
+            df.to_csv(buf, index=False)
+            zf.writestr(f"{folder}{name}.csv", buf.getvalue())
+    return path
+
+
+@pytest.fixture
+def tiny_zip(tmp_path: Path) -> Path:
+    """A 9-run synthetic workflow zip: 3 normal runs, 6 runs with one anomalous host."""
+    frames = {}
+    for r in range(1, 10):
+        frames[f"toywf-run{r:04d}"] = make_run_frame(r, anomalous_host=None if r <= 3 else "worker1",
+                                                     anomaly="cpu_3" if r % 2 else "hdd_5")
+    return write_zip(tmp_path / "toywf.zip", frames)
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real ../shared/data (CI has it beside the clone): a missing dir is a failure, not a skip."""
+    from llmad.data.specs import find_data_dir
+
+    return find_data_dir(needs="flowbench/1000genome.zip")
+
+
+@pytest.fixture(scope="session")
+def genome_jobs(real_data_dir):
+    """The real 1000genome job table (loaded once per session)."""
+    from llmad.data.flowbench import load_jobs
+
+    return load_jobs("flowbench:1000genome", real_data_dir)
