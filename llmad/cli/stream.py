@@ -1,2 +1,107 @@
-"""Commands for stream (filled in by its issue)."""
-from llmad.cli import app  # noqa: F401
+"""`llmad replay --model DIR --data flowbench:1000genome` replays DAG runs in event time and reports how early
+anomalous jobs are flagged; `llmad watch FEED --model DIR --alerts alerts.jsonl` tails a live job feed.
+
+`--model` is a saved detector folder (`llmad sft` writes one; any `detector.json` kind), or
+`baseline:rf` / `baseline:hgb-context` to fit a classical detector on the split's train runs first.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from llmad.cli import app
+
+
+@app.command()
+def replay(
+    model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
+    data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    split: str = typer.Option("run", "--split", help="run | workflow | none (every run of --data)"),
+    part: str = typer.Option("test", "--part", help="train | validation | test"),
+    test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="for --split workflow"),
+    seed: int = typer.Option(0, "--seed"),
+    runs: Optional[int] = typer.Option(None, "--runs", help="replay a seeded sample of N runs of the part"),
+    train_runs: Optional[int] = typer.Option(None, "--train-runs", help="baseline:...: fit on N train runs"),
+    val_runs: Optional[int] = typer.Option(None, "--val-runs", help="--threshold validation: replay N runs"),
+    reveal: str = typer.Option("events", "--reveal", help="events | features (the paper's online study)"),
+    speed: str = typer.Option("max", "--speed", help="max | Nx (pace event time N times faster than real)"),
+    alert: str = typer.Option("threshold", "--alert", help="threshold | k-of-n"),
+    k: int = typer.Option(2, "--k", help="k-of-n: hits needed"),
+    n: int = typer.Option(3, "--n", help="k-of-n: window of observations"),
+    threshold: str = typer.Option("model", "--threshold", help="model | validation | a number"),
+    batch: str = typer.Option("run", "--batch", help="run | step: batch scoring per run or per time step"),
+    quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
+    out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/replay/...)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no per-run progress lines"),
+) -> None:
+    """Replay DAG runs in event time; per-job first alert, lead times, false alerts, early-detection curve."""
+    from llmad.stream import StreamConfig, run_replay
+
+    cfg = StreamConfig(reveal=reveal, speed=speed, alert=alert, k=k, n=n, threshold=threshold, batch=batch,
+                       quantize=quantize).check()
+    prog = None if quiet else (lambda m: typer.echo(m, err=True))
+    _, out_dir = run_replay(model, data, cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
+                            train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
+                            progress=prog)
+    typer.echo(f"wrote {out_dir}")
+
+
+@app.command()
+def watch(
+    path: str = typer.Argument(..., help="feed file (CSV with header, or JSON lines), or - for stdin"),
+    model: str = typer.Option(..., "--model", "-m", help="saved detector folder"),
+    alerts: Optional[str] = typer.Option(None, "--alerts", help="append alerts here as JSON lines (default stdout)"),
+    state: Optional[str] = typer.Option(None, "--state", help="offset + state file [ALERTS.state.json]"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [from the file name]"),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for appended records"),
+    poll: float = typer.Option(0.2, "--poll", help="seconds between polls of the feed"),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="stop after N s without new records"),
+    alert: str = typer.Option("threshold", "--alert", help="threshold | k-of-n"),
+    k: int = typer.Option(2, "--k"),
+    n: int = typer.Option(3, "--n"),
+    threshold: str = typer.Option("model", "--threshold", help="model | a number"),
+    batch_lines: int = typer.Option(2000, "--batch-lines", help="records per scoring batch / checkpoint"),
+    max_runs: int = typer.Option(64, "--max-runs", help="runs kept in memory (least recently updated dropped)"),
+    quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
+) -> None:
+    """Tail a job-update feed; score new/updated jobs; write each job's first alert once (resumes after a kill)."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    from llmad.errors import LlmadError
+    from llmad.stream import StreamConfig, Watcher, open_detector
+
+    StreamConfig(alert=alert, k=k, n=n).check()
+    if fmt not in (None, "csv", "jsonl"):
+        raise LlmadError(f"--format {fmt!r}: expected csv or jsonl")
+    det = open_detector(model, quantize=quantize)
+    if threshold == "model":
+        if getattr(det, "threshold_", None) is None:
+            raise LlmadError("the model has no validation threshold; pass --threshold NUMBER")
+        thr = float(det.threshold_)
+    else:
+        try:
+            thr = float(threshold)
+        except ValueError:
+            raise LlmadError(f"--threshold {threshold!r}: expected model or a number") from None
+    state_path = state or (f"{alerts}.state.json" if alerts else None)
+    if state_path is None:
+        typer.echo("llmad watch: no --alerts/--state file: progress is not saved (a restart starts over)", err=True)
+    if path != "-" and not follow and not Path(path).exists():
+        raise LlmadError(f"feed {path} does not exist")
+    stopping = {"flag": False}
+
+    def _stop(signum, frame):  # finish the batch in hand, save, exit cleanly
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    w = Watcher(det, thr, alert=alert, k=k, n=n, fmt=fmt, state_path=state_path, alerts_path=alerts,
+                batch_lines=batch_lines, max_runs=max_runs)
+    info = w.run(path, follow=follow, poll_s=poll, idle_exit_s=idle_exit, stop=lambda: stopping["flag"])
+    typer.echo(f"llmad watch: {info.get('records', 0)} records, {info.get('alerts', 0)} alerts, "
+               f"{info.get('malformed', 0)} malformed, resumed={info['resumed']}", err=True)
+    sys.stdout.flush()

@@ -36,7 +36,13 @@ def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:
     out.append(PROJECT_ROOT / "data")
     out.append(PROJECT_ROOT.parent / "shared" / "data")
     out.append(Path.cwd().parent / "shared" / "data")
-    return out
+    seen, uniq = set(), []
+    for d in out:
+        key = d.resolve()
+        if key not in seen:
+            seen.add(key)
+            uniq.append(d)
+    return uniq
 
 
 def find_data_dir(data_dir: str | Path | None = None, needs: str | None = None) -> Path:

@@ -16,6 +16,7 @@ evaluated as template code.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -191,8 +192,6 @@ def _base_model(model: Any) -> Any:
 
 def cache_kwarg(model: Any) -> str:
     """The forward/generate keyword for a KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
-    import inspect
-
     params = inspect.signature(_base_model(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -538,44 +537,38 @@ class ICLDetector(Detector):
         dev = self._device()
         # One continuation pass per distinct multi-token path (variant minus its last token).
         paths = sorted({tuple(v[:-1]) for _, v in variants if len(v) > 1})
+        keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+            _base_model(model).forward).parameters else {}
+        pad = self.lm_.tokenizer.pad_token_id or 0
         for g in groups:
             p_len = len(g.prefix_ids)
             for s in range(0, len(g.rows), bs):
                 rows = g.rows[s:s + bs]
                 seqs = g.seqs[s:s + bs]
                 b = len(rows)
-                lens = torch.tensor([len(q) for q in seqs], device=dev)
-                if use_cache:
-                    body = [q for q in seqs]
-                    start = p_len
-                else:
-                    body = [g.prefix_ids + q for q in seqs]
-                    start = 0
+                body = seqs if use_cache else [g.prefix_ids + q for q in seqs]
                 width = max(len(q) for q in body)
-                pad = self.lm_.tokenizer.pad_token_id or 0
+                # Left padding: every row ends at the last column, so only that column's logits are needed
+                # and continuations append without gaps. Padded positions are masked out.
                 ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
                 mask = torch.zeros((b, width), dtype=torch.long, device=dev)
                 for r, q in enumerate(body):
-                    ids[r, :len(q)] = torch.tensor(q, device=dev)
-                    mask[r, :len(q)] = 1
-                pos = (start + torch.arange(width, device=dev)).unsqueeze(0).expand(b, -1)
+                    ids[r, width - len(q):] = torch.tensor(q, device=dev)
+                    mask[r, width - len(q):] = 1
+                pos = (mask.cumsum(1) - 1).clamp(min=0)
                 with torch.no_grad():
                     if use_cache:
                         cache = build_cache(self._torch_prefix_cache(g.prefix_ids), b)
                         full_mask = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev), mask], 1)
-                        res = model(input_ids=ids, attention_mask=full_mask, position_ids=pos,
-                                    use_cache=bool(paths), **{cache_kwarg(model): cache})
-                        last = lens - 1
+                        res = model(input_ids=ids, attention_mask=full_mask, position_ids=pos + p_len,
+                                    use_cache=bool(paths), **keep_kw, **{cache_kwarg(model): cache})
                     else:
                         full_mask = mask
-                        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(paths))
-                        last = lens + p_len - 1
-                    logits = res.logits.float()
-                    lp1 = torch.log_softmax(logits[torch.arange(b, device=dev), last], dim=-1)
-                    per_variant = {}
-                    for vi, (_, v) in enumerate(variants):
-                        per_variant[vi] = lp1[:, v[0]].clone()
-                    end = p_len + lens  # true total length of each row
+                        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(paths),
+                                    **keep_kw)
+                    lp1 = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+                    per_variant = {vi: lp1[:, v[0]].clone() for vi, (_, v) in enumerate(variants)}
+                    end = full_mask.sum(1)  # true length of each row (prefix + query)
                     kv = cache_tensors(model_cache(res)) if paths else None
                     for path in paths:
                         m = len(path)

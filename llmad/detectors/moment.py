@@ -63,9 +63,14 @@ def load_moment(name: str, train_all: bool = False):
     """``MOMENTPipeline.from_pretrained`` on a hub id or a local folder, with a clear error when unreachable."""
     from momentfm import MOMENTPipeline
 
+    from llmad.errors import ModelNotFoundError
     from llmad.models import resolve_model
 
-    loc = resolve_model(name).location
+    try:
+        loc = resolve_model(name).location
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"{e}. For MOMENT offline, pretrain a small one with `llmad pretrain moment "
+                                 f"--data ... --out DIR` and pass --model DIR") from None
     try:
         m = MOMENTPipeline.from_pretrained(loc, model_kwargs=_model_kwargs(train_all, train_all))
     except Exception as e:  # wrong folder contents, incompatible config

@@ -58,6 +58,10 @@ class WindowDetector(Detector):
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (the display ``name`` is derived, not a parameter)."""
+        return {k: v for k, v in super().get_params().items() if k != "name"}
+
     def fit(self, train: WindowSet, validation: WindowSet | None = None) -> "WindowDetector":
         """Learn from ``train`` windows; choose ``threshold_`` on ``validation`` point scores."""
         if len(train) == 0 and not getattr(self, "zero_shot_ok", False):
