@@ -144,11 +144,12 @@ def build_detector(cfg: NumericConfig, work_dir: Path | None = None, train: Wind
             path = (work_dir or Path("runs") / "lagllama-scratch") / "lag-llama.ckpt"
             from llmad.detectors.lagllama import default_lags
 
-            lags = default_lags()
-            hist = max(lags) + 32
-            xh, _ = train.windows_with_history(hist)
-            build_small_lagllama(path, lags_seq=lags, seed=cfg.seed, train_windows=xh, steps=cfg.max_steps,
-                                 batch_size=cfg.batch_size, lr=cfg.lr)
+            # extra={"lags": [...], "context_length": n} shrinks the scratch model (tests, quick runs)
+            lags = list(x.pop("lags", None) or default_lags(("min",)))
+            ctx = int(x.pop("context_length", 32))
+            xh, _ = train.windows_with_history(max(lags) + ctx)
+            build_small_lagllama(path, context_length=ctx, lags_seq=lags, seed=cfg.seed, train_windows=xh,
+                                 steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr)
             model, ft = str(path), "none"
         return LagLlamaDetector(model=model, finetune=ft, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                                 lr=cfg.lr, seed=cfg.seed, **x)
@@ -262,6 +263,8 @@ def run_numeric(cfg: NumericConfig) -> dict[str, Any]:
         "dropped": {"validation": val_ws.info.get("dropped", []), "test": test_ws.info.get("dropped", [])},
         "notes": _notes(cfg),
     }
+    if np.ptp(test_scores) == 0:
+        metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
     if cfg.out:
         from llmad.runs import write_run
 

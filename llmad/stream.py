@@ -176,8 +176,8 @@ def make_partial(jobs: pd.DataFrame, as_of: float | Sequence[float] | pd.Series)
     else:
         t = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(jobs),))
     out = jobs.copy()
-    keep = set(ID_COLUMNS) | set(LABEL_COLUMNS)
-    cols = [c for c in out.columns if c not in keep and not c.startswith("ctx_")]
+    # Static DAG fields (transformation, type, ...) are planned before the run starts: always known.
+    cols = [c for c in out.columns if c in ENDPOINTS]
     r = reveal_times(out, cols)
     for i, c in enumerate(cols):
         hidden = ~(r[:, i] <= t)
@@ -396,6 +396,9 @@ class CachedScorer:
         self.cache: dict[Any, float] = {}
         self.pending: dict[Any, dict[str, Any]] = {}
         self.live: set[Any] = set()  # keys requested since the last release(): never evicted before use
+        # Fields that say something about the job itself; before one is known the score is only the prior.
+        self.evidence = None if columns is None else [
+            c for c in columns if c in ENDPOINTS or (c.startswith("ctx_") and c != "ctx_peers")] or None
         self.requests = self.hits = self.model_rows = self.calls = 0
         self.model_s = self.render_s = 0.0
 
@@ -404,6 +407,10 @@ class CachedScorer:
         cols = self.columns if self.columns is not None else sorted(
             c for c in row if c not in LABEL_COLUMNS)
         return (tuple(cols), _key(row, cols)) if self.columns is None else _key(row, cols)
+
+    def informative(self, row: dict[str, Any]) -> bool:
+        """False while none of the detector's time-revealed inputs is known (nothing to score yet)."""
+        return self.evidence is None or any(_known(row.get(c)) for c in self.evidence)
 
     def request(self, key: Any, row: dict[str, Any]) -> None:
         """Ask for the score of ``key`` (computed at the next ``flush`` unless cached)."""
@@ -543,7 +550,7 @@ def replay_run(run: pd.DataFrame, scorer: CachedScorer, policy: AlertPolicy | No
     run = run.reset_index(drop=True)
     n = len(run)
     if scorer.columns is not None:
-        tracked = list(dict.fromkeys(list(scorer.columns) + (CTX_INPUTS if context else [])))
+        tracked = list(dict.fromkeys(["job_id"] + list(scorer.columns) + (CTX_INPUTS if context else [])))
         tracked = [c for c in tracked if c in run.columns]
     else:
         tracked = [c for c in run.columns if c not in LABEL_COLUMNS]
@@ -622,6 +629,8 @@ def replay_run(run: pd.DataFrame, scorer: CachedScorer, policy: AlertPolicy | No
         e0 = eb[si]
         rows = rc.step(updates, changed=phases.keys())
         for j, row in rows.items():
+            if not scorer.informative(row):
+                continue
             key = scorer.key(row)
             scorer.request(key, row)
             obs.append((float(t), j, key, phases[j]))
@@ -728,6 +737,24 @@ def iter_runs(spec: str, data_dir: str | Path | None = None, run_ids: Sequence[s
         yield read_run_csv(read(), name, workflow=wf)
 
 
+def _light_run(run_id: str, name: str, read: Callable[[], bytes], workflow: str) -> pd.DataFrame:
+    """Only what a run split needs (labels, anomaly types), read with the same normalisation as ``read_run_csv``."""
+    import io
+
+    from llmad.data.flowbench import NORMAL_TOKENS
+
+    try:
+        df = pd.read_csv(io.BytesIO(read()), usecols=lambda c: c == "anomaly_type", dtype=str, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
+        raise DataError(f"malformed CSV ({e})", file=name) from None
+    if "anomaly_type" not in df.columns:
+        raise DataError("missing column (needed for labels)", file=name, row=1, field="anomaly_type")
+    at = df["anomaly_type"].astype("string").fillna("").str.strip()
+    at = at.where(~at.str.lower().isin(NORMAL_TOKENS), "normal").astype(str)
+    return pd.DataFrame({"workflow": workflow, "run_id": run_id, "label": (at != "normal").astype(int).to_numpy(),
+                         "anomaly_type": at.to_numpy()})
+
+
 def split_run_ids(spec: str, split: str = "run", seed: int = 0, data_dir: str | Path | None = None,
                   test_workflow: str | None = None) -> dict[str, list[str]]:
     """Run ids of train/validation/test, computed from a light (ids + labels) table read one run at a time."""
@@ -735,8 +762,8 @@ def split_run_ids(spec: str, split: str = "run", seed: int = 0, data_dir: str | 
 
     if split == "paper":
         raise LlmadError("replay needs whole DAG runs; the paper split is job-level: use --split run or workflow")
-    light = pd.concat([df[["workflow", "run_id", "job_id", "label", "anomaly_type"]]
-                       for df in iter_runs(spec, data_dir)], ignore_index=True)
+    light = pd.concat([_light_run(rid, name, read, wf) for rid, name, read, wf in list_run_members(spec, data_dir)],
+                      ignore_index=True)
     sp = make_split(light, kind=split, seed=seed, test_workflow=test_workflow, data_dir=data_dir)
     return {p: sorted(sp.part(p)["run_id"].unique().tolist()) for p in ("train", "validation", "test")}
 
@@ -1074,17 +1101,22 @@ class Watcher:
     def __init__(self, detector: Any, threshold: float, *, alert: str = "threshold", k: int = 2, n: int = 3,
                  fmt: str | None = None, state_path: str | Path | None = None, alerts_path: str | Path | None = None,
                  batch_lines: int = 2000, max_runs: int = 64, log: Callable[[str], None] | None = None,
-                 cache_size: int = 200_000):
+                 cache_size: int = 200_000, checkpoint_s: float = 1.0):
         self.detector = detector
         self.policy = AlertPolicy(threshold, alert, k, n)
         self.fmt = fmt
         self.state_path = Path(state_path) if state_path else None
         self.alerts_path = Path(alerts_path) if alerts_path else None
-        self.batch_lines, self.max_runs = batch_lines, max_runs
+        self.batch_lines, self.max_runs, self.checkpoint_s = batch_lines, max_runs, checkpoint_s
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.columns = detector_inputs(detector)
         self.context = detector_uses_context(detector, self.columns)
         self.scorer = CachedScorer(detector, self.columns, 1024, cache_size)
+        # Fields kept per job: what the detector and the peer context read, plus ids and timestamps (alert time).
+        self.keep = None if self.columns is None else set(self.columns) | set(CTX_INPUTS) | set(TIMESTAMPS) | {
+            "run_id", "job_id", "workflow", "host", "transformation"}
+        self.buffer = ""  # alert lines of batches processed since the last checkpoint
+        self.last_save = 0.0
         self.runs: dict[str, RunContext] = {}
         self.jobstate: dict[str, dict[str, dict[str, Any]]] = {}
         self.run_order: list[str] = []  # least recently updated first
@@ -1252,37 +1284,47 @@ class Watcher:
             run = self._run_key(rec)
             self._touch_run(run)
             job = str(rec["job_id"])
-            fields = {c: v for c, v in rec.items() if c not in LABEL_COLUMNS}
+            fields = {c: v for c, v in rec.items() if c not in LABEL_COLUMNS and (self.keep is None or c in self.keep)}
             rc = self.runs[run]
             row = rc.step({job: fields})[job]
-            key = self.scorer.key(row)
             js = self.jobstate[run].setdefault(job, self.policy.new_state())
+            if not self.scorer.informative(row):
+                continue
+            key = self.scorer.key(row)
             self.scorer.request(key, row)
-            ts = [(PHASE_INDEX[t], rc.known[job][t]) for t in TIMESTAMPS if t in rc.known[job]]
+            k = rc.known[job]
+            ts = [(PHASE_INDEX[t], k[t]) for t in TIMESTAMPS if t in k]
             t_ev = max((v for _, v in ts), default=NAN)
             phase = max((p for p, v in ts if v == t_ev), default=-1)
-            obs.append((run, job, key, t_ev, phase, lineno, js))
+            # Everything an alert reports is captured now: later records of the batch must not change it.
+            info = {"run_id": run, "job_id": job, "time": t_ev, "phase": TIMESTAMPS[phase] if phase >= 0 else "",
+                    "line": lineno, "host": k.get("host"), "transformation": k.get("transformation")}
+            obs.append((key, js, info))
         self.scorer.flush()
         alerts = []
-        for run, job, key, t_ev, phase, lineno, js in obs:
+        for key, js, info in obs:
             s = self.scorer.score(key)
             self.counts["scored"] += 1
             if self.policy.observe(js, s):
-                k = self.runs[run].known.get(job, {}) if run in self.runs else {}
-                alerts.append({"run_id": run, "job_id": job, "time": t_ev,
-                               "phase": TIMESTAMPS[phase] if phase >= 0 else "", "score": round(float(s), 6),
-                               "line": lineno, "host": k.get("host"), "transformation": k.get("transformation")})
+                alerts.append({**info, "score": round(float(s), 6)})
         self.scorer.release()
         self.counts["alerts"] += len(alerts)
         return alerts
 
-    def _emit(self, alerts: list[dict[str, Any]], new_offset: int, new_lines: int) -> None:
-        """Write-ahead: state (with the batch's alert lines) first, then the alerts themselves."""
-        self.alerts_size += len(self.pending_alerts.encode())
-        self.pending_alerts = "".join(json.dumps(a, sort_keys=True) + "\n" for a in alerts)
+    def _emit(self, alerts: list[dict[str, Any]], new_offset: int, new_lines: int, force: bool = False) -> None:
+        """Checkpoint (at most every ``checkpoint_s``): state with the new alert lines first, then the alerts.
+
+        Between checkpoints nothing is durable: a crash re-reads those records and regenerates the same alerts.
+        """
+        self.buffer += "".join(json.dumps(a, sort_keys=True) + "\n" for a in alerts)
         self.offset, self.lines = new_offset, new_lines
+        if not force and time.monotonic() - self.last_save < self.checkpoint_s:
+            return
+        self.alerts_size += len(self.pending_alerts.encode())
+        self.pending_alerts, self.buffer = self.buffer, ""
         self.save_state()
         self._commit_alerts()
+        self.last_save = time.monotonic()
 
     def run(self, path: str, follow: bool = True, poll_s: float = 0.2, idle_exit_s: float | None = None,
             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -1337,12 +1379,13 @@ class Watcher:
                     warned_partial = (self.offset, tail)
             if progressed:
                 continue
+            self._emit([], self.offset, self.lines, force=True)  # idle: make what was read durable
             if not follow:
                 break
             if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
             time.sleep(poll_s)
-        self._emit([], self.offset, self.lines)
+        self._emit([], self.offset, self.lines, force=True)
         return {"resumed": resumed, "offset": self.offset, "lines": self.lines, **dict(self.counts),
                 **{f"scorer_{k}": v for k, v in self.scorer.stats().items()}}
 
@@ -1365,7 +1408,7 @@ class Watcher:
                 batch = []
         if batch:
             self._emit(self.process_lines(batch), 0, batch[-1][0])
-        self._emit([], 0, self.lines)
+        self._emit([], 0, self.lines, force=True)
         return {"resumed": resumed, "lines": self.lines, **dict(self.counts)}
 
 
@@ -1446,6 +1489,8 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
     from llmad.runs import default_out, write_run
 
     cfg.check()
+    if detector is None and not model.startswith("baseline:") and not Path(model).exists():
+        raise LlmadError(f"--model {model}: no such folder (a saved detector, or baseline:rf / baseline:hgb-context)")
     if split == "none":
         ids = None
         members = [m[0] for m in list_run_members(data, data_dir)]

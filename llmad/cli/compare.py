@@ -1,2 +1,37 @@
-"""Commands for compare (filled in by its issue)."""
-from llmad.cli import app  # noqa: F401
+"""`llmad compare RECIPE.yaml [--out DIR] [--resume] [--set key=value ...]`: run every method of a recipe on every
+dataset (finished runs come from the cache) and write results.{md,csv,json}, plots/ and report.{md,html}.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from llmad.cli import app
+
+
+@app.command()
+def compare(
+    recipe: str = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder [runs/compare/<recipe name>]"),
+    resume: bool = typer.Option(False, "--resume",
+                                help="continue interrupted runs from their checkpoints (finished runs are always "
+                                     "reused)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s",
+                                             help="override a recipe key (wins over the file), e.g. "
+                                                  "--set seeds=[0,1] --set methods.rf-plain.config.n_estimators=50 "
+                                                  "--set datasets.1000genome.limit=2000"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Compare methods x datasets from a recipe; cached runs, a results table, plots and a report."""
+    from llmad.harness import compare as run_compare
+
+    rep = run_compare(recipe, out=out, resume=resume, overrides=set_ or [], quiet=quiet)
+    typer.echo(rep["paths"]["results_md"].read_text())
+    st = rep["status"]
+    n = {k: sum(1 for s in st if s["status"] == k) for k in ("done", "cached", "failed", "refused")}
+    typer.echo(f"{n['done']} runs ran, {n['cached']} from cache, {n['failed']} failed, {n['refused']} refused "
+               f"in {rep['total_seconds']:.1f} s; report: {rep['paths']['report_md']}"
+               + (f" and {rep['paths']['report_html']}" if "report_html" in rep["paths"] else ""))
+    if n["failed"] or n["refused"]:
+        raise typer.Exit(1)

@@ -64,6 +64,8 @@ def watch(
     threshold: str = typer.Option("model", "--threshold", help="model | a number"),
     batch_lines: int = typer.Option(2000, "--batch-lines", help="records per scoring batch / checkpoint"),
     max_runs: int = typer.Option(64, "--max-runs", help="runs kept in memory (least recently updated dropped)"),
+    checkpoint_s: float = typer.Option(1.0, "--checkpoint-s",
+                                       help="seconds between checkpoints (alerts are written at checkpoints)"),
     quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
 ) -> None:
     """Tail a job-update feed; score new/updated jobs; write each job's first alert once (resumes after a kill)."""
@@ -100,7 +102,7 @@ def watch(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     w = Watcher(det, thr, alert=alert, k=k, n=n, fmt=fmt, state_path=state_path, alerts_path=alerts,
-                batch_lines=batch_lines, max_runs=max_runs)
+                batch_lines=batch_lines, max_runs=max_runs, checkpoint_s=checkpoint_s)
     info = w.run(path, follow=follow, poll_s=poll, idle_exit_s=idle_exit, stop=lambda: stopping["flag"])
     typer.echo(f"llmad watch: {info.get('records', 0)} records, {info.get('alerts', 0)} alerts, "
                f"{info.get('malformed', 0)} malformed, resumed={info['resumed']}", err=True)

@@ -310,6 +310,7 @@ class ICLDetector(Detector):
         self.load_model(lm)
         self._prefix_cache = {}
         self._variants = None
+        self.label_variants()  # fails early on unusable label words; counts odd tokenizations
         k = cfg.shots
         if cfg.select == "nearest":
             self.demos_ = train.iloc[:0]
@@ -620,7 +621,9 @@ class ICLDetector(Detector):
             score = raw - shift
             # Queries that could not be scored are undecided (logit 0), never a crash.
             score = np.where(np.isfinite(score), score, 0.0)
-            mass = np.exp(np.logaddexp(lp[:, 0], lp[:, 1]))
+            ok = np.isfinite(lp).all(axis=1)
+            mass = np.full(n, np.nan)
+            mass[ok] = np.exp(np.logaddexp(lp[ok, 0], lp[ok, 1]))
             df = pd.DataFrame({"score": score, "raw_logit": raw, "p_abnormal": 1 / (1 + np.exp(-score)),
                                "label_mass": mass, "demos_kept": kept_arr})
             self._count("scored", n)
@@ -836,3 +839,99 @@ class ICLDetector(Detector):
             arr = load_file(str(path / "pool.safetensors"))
             det.pool_ = {**arr, "texts": state["pool_texts"]}
         return det
+
+
+# ---------------------------------------------------------------- end-to-end run (CLI and bench)
+
+@dataclass
+class ICLRun:
+    """What ``llmad icl`` needs besides the detector options: data, split, subsampling, output."""
+
+    data: str = "flowbench:1000genome"
+    data_dir: str | None = None
+    split: str = "run"
+    test_workflow: str | None = None
+    seed: int = 0
+    limit: int | None = None  # test rows (seeded subsample)
+    val_limit: int | None = 200  # validation rows scored for the threshold
+    out: str | None = None
+
+
+def _subsample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    if n is None or len(df) <= n:
+        return df.reset_index(drop=True)
+    return df.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+def run_icl(cfg: ICLConfig, run: ICLRun, printer: Any = print, lm: Any = None,
+            split: Any = None) -> dict[str, Any]:
+    """Load data, split, fit (demonstrations, LoRA, calibration, threshold), score the test part, write the run."""
+    import time
+
+    from llmad.data.flowbench import load_jobs
+    from llmad.data.splits import make_split
+    from llmad.metrics import classification_report
+    from llmad.runs import default_out, write_run
+
+    cfg.validate()
+    if split is None:
+        jobs = load_jobs(run.data, data_dir=run.data_dir)
+        split = make_split(jobs, kind=run.split, seed=run.seed, test_workflow=run.test_workflow,
+                           data_dir=run.data_dir)
+    test = _subsample(split.test, run.limit, run.seed)
+    val = _subsample(split.validation, run.val_limit, run.seed) if cfg.mode == "score" else split.validation.iloc[:0]
+    det = ICLDetector(config=cfg)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.fit(split.train, val, lm=lm)
+        fit_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        details = det.score_details(test)
+        score_s = time.perf_counter() - t1
+    dropped_warnings = sum("demonstrations dropped" in str(w.message) for w in caught)
+    for w in caught[:3]:
+        printer(f"warning: {w.message}")
+    y = test["label"].to_numpy().astype(int)
+    scores = details["score"].to_numpy(dtype=float)
+    types = test["anomaly_type"].astype(str).to_numpy() if "anomaly_type" in test else None
+    metrics = classification_report(y, scores=scores, threshold=det.threshold_, anomaly_types=types)
+    if cfg.mode == "score":
+        argmax = classification_report(y, predictions=(scores >= 0).astype(int))
+        metrics["argmax"] = {k: argmax[k] for k in ("accuracy", "precision", "recall", "f1")}
+        metrics["mean_label_mass"] = float(details["label_mass"].mean())
+    else:
+        parsed = details["parsed"].to_numpy()
+        metrics["parse_rate"] = float(np.mean(parsed >= 0))
+        metrics["unparseable"] = int(np.sum(parsed < 0))
+        ok = parsed >= 0
+        metrics["accuracy_on_parsed"] = float(np.mean(parsed[ok] == y[ok])) if ok.any() else float("nan")
+    metrics.update({"fit_seconds": fit_s, "score_seconds": score_s,
+                    "prompts_per_second": len(test) / score_s if score_s > 0 else float("nan"),
+                    "test_rows": int(len(test)), "validation_rows": int(len(val)),
+                    "split": split.kind, "split_description": split.description,
+                    "dropped_demonstration_warnings": dropped_warnings, **det.info()})
+    preds = pd.DataFrame({c: test[c].to_numpy() for c in ("workflow", "run_id", "job_id", "label", "anomaly_type")
+                          if c in test})
+    preds["score"] = scores
+    preds["prediction"] = (scores >= det.threshold_).astype(int)
+    for c in details.columns:
+        if c != "score":
+            preds[c] = details[c].to_numpy()
+    out = Path(run.out) if run.out else default_out("icl", f"{cfg.model.replace('/', '_')}-{cfg.shots}shot")
+    summary = (f"icl {cfg.model} shots={cfg.shots} select={cfg.select} mode={cfg.mode} calibrate={cfg.calibrate} "
+               f"lora={cfg.lora_r}: test n={len(test)} accuracy={metrics['accuracy']:.3f} f1={metrics['f1']:.3f}"
+               + (f" argmax-accuracy={metrics['argmax']['accuracy']:.3f}" if "argmax" in metrics else "")
+               + (f" parse-rate={metrics['parse_rate']:.3f}" if "parse_rate" in metrics else "")
+               + f" ({metrics['prompts_per_second']:.2f} prompts/s) -> {out}")
+    write_run(out, config={"icl": asdict(cfg), "run": asdict(run), "split_info": split.info}, metrics=metrics,
+              predictions=preds, summary=None)
+    if cfg.mode == "cot":
+        from llmad.io import atomic_write_text
+
+        lines = [json.dumps({"job_id": str(j), "label": int(lab), "parsed": int(p), "reasoning": g})
+                 for j, lab, p, g in zip(preds.get("job_id", range(len(preds))), preds["label"], preds["parsed"],
+                                         preds["generation"])]
+        atomic_write_text(out / "reasoning.jsonl", "\n".join(lines) + "\n")
+    printer(summary)
+    return {"metrics": metrics, "out": str(out), "detector": det, "predictions": preds}

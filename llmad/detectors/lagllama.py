@@ -38,7 +38,7 @@ CKPT_NAME = "lag-llama.ckpt"
 NLL_CLIP = 1e3  # a near-constant channel can give an astronomically small scale; keep scores finite
 
 
-def default_lags(freqs: tuple[str, ...] = ("T",)) -> list[int]:
+def default_lags(freqs: tuple[str, ...] = ("min",)) -> list[int]:
     """Lag indices as Lag-Llama's estimator builds them (0-based) for the given frequency strings."""
     from gluonts.time_feature import get_lags_for_frequency
 

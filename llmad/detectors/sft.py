@@ -77,6 +77,7 @@ class SFTConfig:
     prefix_copies: int = 1  # partial copies per training job
     group_by_length: bool = True
     early_stopping_patience: int = 2  # evaluations without improvement; 0 disables early stopping
+    eval_during_training: bool = True  # False: no validation passes while training (the paper's recipe)
     best_metric: str = "loss"  # validation metric that picks the best checkpoint: loss | roc_auc | f1 | accuracy
     eval_steps: int | None = None  # evaluate + checkpoint every N steps; None = once per epoch
     max_steps: int = -1  # > 0 overrides epochs (smoke runs)
@@ -371,7 +372,7 @@ class SFTDetector(Detector):
         train_ids = self._encode(self.render(tr))
         train_ds = _Encoded(train_ids, tr["label"].to_numpy())
         val_ds = None
-        if validation is not None and len(validation):
+        if validation is not None and len(validation) and cfg.eval_during_training:
             val_ds = _Encoded(self._encode(self.render(validation)), validation["label"].to_numpy())
         render_s = time.perf_counter() - t0
 

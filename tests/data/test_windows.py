@@ -25,7 +25,7 @@ def test_zscore_uses_train_statistics_only():
     test = _s(np.array([[101.0, 5.0], [103.0, 6.0]]), group="g")
     z = ZScore().fit([train])
     out = z.transform(test)
-    np.testing.assert_allclose(out[:, 0], [100.0, 102.0])  # (x - 2) / 1, not re-centred on test
+    np.testing.assert_allclose(out[:, 0], [99.0, 101.0])  # (x - 2) / 1, not re-centred on test
     np.testing.assert_allclose(out[:, 1], [0.0, 1.0])  # constant in train: std 1, no inf
     info = {}
     z.transform(_s(np.array([[2.0, 5.0]]), group="other"), info)

@@ -1,0 +1,238 @@
+"""SFTDetector: freezing, partial jobs, training that learns, save/reload score equality, LoRA adapters with the
+head, init-from, custom templates, int8 copy. A tiny BERT (built here, MiniLM's tokenizer) keeps it fast."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmad.data.flowbench import PAPER_FEATURES
+from llmad.detectors.sft import (PREFIX_STAGES, SFTConfig, SFTDetector, apply_freeze, latest_checkpoint,
+                                 parse_freeze, partial_jobs, prefix_augmented)
+from llmad.errors import LlmadError
+
+
+def make_tiny_bert(path: Path, layers: int = 2) -> Path:
+    """A randomly initialised 2-layer BERT with MiniLM's WordPiece tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from llmad.models import resolve_model
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm").location)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+
+
+def synthetic_jobs(n: int, seed: int = 0) -> pd.DataFrame:
+    """Jobs whose anomalies run and compute several times longer than normal ones."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(int)
+    df = pd.DataFrame({
+        "workflow": "synth", "run_id": [f"synth-run{i // 20:04d}" for i in range(n)],
+        "job_id": [f"job{i}" for i in range(n)], "label": y,
+        "anomaly_type": np.where(y == 1, "cpu_3", "normal"), "job_type": "compute", "host": "h1",
+        "transformation": "individuals"})
+    for f in PAPER_FEATURES:
+        df[f] = rng.integers(1, 20, n).astype(float)
+    df["runtime"] = np.where(y == 1, rng.integers(900, 999, n), rng.integers(100, 199, n)).astype(float)
+    df["kickstart_executables_cpu_time"] = df["runtime"] * 0.9
+    df.loc[df.index % 7 == 0, ["stage_in_delay", "stage_in_bytes"]] = np.nan
+    return df
+
+
+def quick_cfg(model: str, **kw) -> SFTConfig:
+    base = dict(model=model, template="compact", max_length=48, epochs=6, lr=2e-3, batch_size=16,
+                eval_batch_size=64, freeze="none", early_stopping_patience=0, progress=False, logging_steps=1000,
+                seed=0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    train, val, test = synthetic_jobs(240, 0), synthetic_jobs(80, 1), synthetic_jobs(80, 2)
+    det = SFTDetector(quick_cfg(tiny)).fit(train, val, output_dir=tmp_path_factory.mktemp("fit"),
+                                           printer=lambda s: None)
+    return det, test
+
+
+def test_parse_freeze_forms_and_errors():
+    assert parse_freeze("none") == ("none", 0)
+    assert parse_freeze("4-layers") == ("layers", 4)
+    assert parse_freeze("2") == ("layers", 2)
+    assert parse_freeze("encoder") == ("encoder", 0)
+    with pytest.raises(LlmadError, match="embeddings"):
+        parse_freeze("half")
+
+
+def test_freeze_strategies_freeze_what_they_say(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    def fresh():
+        return AutoModelForSequenceClassification.from_pretrained(tiny)
+
+    m = fresh()
+    full = apply_freeze(m, "none")
+    assert full["trainable_params"] == full["total_params"]
+    m = fresh()
+    apply_freeze(m, "embeddings")
+    assert not m.bert.embeddings.word_embeddings.weight.requires_grad
+    assert m.bert.encoder.layer[0].attention.self.query.weight.requires_grad
+    m = fresh()
+    apply_freeze(m, "1-layers")
+    assert not m.bert.encoder.layer[0].output.dense.weight.requires_grad
+    assert m.bert.encoder.layer[1].output.dense.weight.requires_grad
+    m = fresh()
+    info = apply_freeze(m, "encoder")
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("classifier", "bert.pooler")) for n in trainable)
+    assert info["trainable_params"] < info["total_params"] / 10
+    with pytest.raises(LlmadError, match="only 2 layers"):
+        apply_freeze(fresh(), "5-layers")
+
+
+def test_partial_jobs_blank_later_stages_only():
+    df = synthetic_jobs(10)
+    cut = 3  # wms, stage-in, queue known; runtime and later unknown
+    p = partial_jobs(df, cut)
+    known = [c for st in PREFIX_STAGES[:cut] for c in st]
+    unknown = [c for st in PREFIX_STAGES[cut:] for c in st]
+    pd.testing.assert_frame_equal(p[known], df[known])
+    assert p[unknown].isna().all().all()
+    assert df["runtime"].notna().all()  # the input is not modified
+    aug = prefix_augmented(df, copies=2, seed=0)
+    assert len(aug) == 3 * len(df)
+    assert aug["label"].sum() == 3 * df["label"].sum()
+    assert aug.iloc[len(df):]["post_script_delay"].isna().all()
+
+
+def test_fit_learns_and_thresholds_on_validation(trained):
+    det, test = trained
+    s = det.score(test)
+    assert s.shape == (len(test),) and np.all((s >= 0) & (s <= 1))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test["label"], s) > 0.9
+    assert 0 < det.threshold_ < 1
+    assert det.train_info_["steps"] > 0 and det.train_info_["mean_train_tokens"] < 48
+    # one validation line per epoch reached the log history
+    assert sum("eval_loss" in h for h in det.trainer_state_["log_history"]) >= 1
+
+
+def test_save_reload_scores_exactly_equal(trained, tmp_path):
+    det, test = trained
+    before = det.score(test)
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "detector.json").read_text())
+    assert meta["template"] == "compact" and meta["threshold"] == det.threshold_ and meta["max_length"] == 48
+    assert (tmp_path / "m" / "model" / "model.safetensors").is_file()
+    assert not list((tmp_path / "m").rglob("*.bin"))
+    again = SFTDetector.load(tmp_path / "m")
+    assert np.array_equal(again.score(test), before)
+    assert np.array_equal(again.predict(test), det.predict(test))
+
+
+def test_partial_jobs_score_and_order_independence(trained):
+    det, test = trained
+    part = partial_jobs(test, 2)
+    s = det.score(part)
+    assert np.isfinite(s).all() and len(s) == len(test)
+    # length-sorted batching must hand scores back in input order
+    rev = test.iloc[::-1].reset_index(drop=True)
+    np.testing.assert_allclose(det.score(rev)[::-1], det.score(test), atol=1e-6)
+
+
+def test_int8_copy_scores_close_and_is_cpu(trained):
+    det, test = trained
+    q = det.quantized()
+    np.testing.assert_allclose(q.score(test), det.score(test), atol=0.05)
+    assert q.device_ == "cpu" and det.model_ is not q.model_
+
+
+def test_lora_saves_adapter_with_head_and_reloads_equal(tiny, tmp_path):
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification
+
+    train, val, test = synthetic_jobs(96, 0), synthetic_jobs(32, 1), synthetic_jobs(32, 2)
+    det = SFTDetector(quick_cfg(tiny, lora=4, epochs=1)).fit(train, val, output_dir=tmp_path / "run",
+                                                              printer=lambda s: None)
+    before = det.score(test)
+    det.save(tmp_path / "m")
+    keys = list(safe_open(str(tmp_path / "m" / "adapter" / "adapter_model.safetensors"), "pt").keys())
+    assert any("classifier" in k for k in keys) and any("lora_A" in k for k in keys)
+    assert np.array_equal(SFTDetector.load(tmp_path / "m").score(test), before)
+    # base + adapter (as another tool would load it) gives the same scores as the merged model
+    base = AutoModelForSequenceClassification.from_pretrained(tiny)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "m" / "adapter").merge_and_unload().eval()
+    other = SFTDetector.load(tmp_path / "m")
+    other.model_ = peft_model
+    np.testing.assert_allclose(other.score(test), before, atol=1e-5)
+
+
+def test_init_from_with_frozen_encoder_keeps_encoder_weights(trained, tmp_path):
+    det, test = trained
+    det.save(tmp_path / "a")
+    b = SFTDetector(quick_cfg(str(tmp_path / "unused"), init_from=str(tmp_path / "a"), freeze="encoder",
+                              epochs=1)).fit(synthetic_jobs(64, 5), synthetic_jobs(32, 6), output_dir=tmp_path / "b",
+                                             printer=lambda s: None)
+    wa = det.model_.bert.encoder.layer[1].output.dense.weight
+    wb = b.model_.bert.encoder.layer[1].output.dense.weight
+    assert np.array_equal(wa.detach().numpy(), wb.detach().numpy())
+    assert not np.array_equal(det.model_.classifier.weight.detach().numpy(),
+                              b.model_.classifier.weight.detach().numpy())
+    with pytest.raises(LlmadError, match="not a saved llmad SFT model"):
+        SFTDetector(quick_cfg("minilm", init_from=str(tmp_path))).fit(synthetic_jobs(8), None,
+                                                                      output_dir=tmp_path / "c")
+
+
+def test_custom_template_travels_with_the_model(tiny, tmp_path):
+    tpl = tmp_path / "mine.j2"
+    tpl.write_text("runtime {{ job.runtime | num }} cpu {{ job.kickstart_executables_cpu_time | num }}")
+    det = SFTDetector(quick_cfg(tiny, template=str(tpl), max_steps=2, epochs=1)).fit(
+        synthetic_jobs(32), synthetic_jobs(16, 1), output_dir=tmp_path / "run", printer=lambda s: None)
+    test = synthetic_jobs(16, 2)
+    before = det.score(test)
+    det.save(tmp_path / "m")
+    tpl.unlink()  # the saved copy must be used
+    again = SFTDetector.load(tmp_path / "m")
+    assert again.render(test.head(1))[0].startswith("runtime ")
+    assert np.array_equal(again.score(test), before)
+
+
+def test_max_time_pauses_with_a_checkpoint_and_resume_finishes(tiny, tmp_path):
+    train, val = synthetic_jobs(160), synthetic_jobs(32, 1)
+    cfg = quick_cfg(tiny, epochs=2, max_time_s=0.0)
+    det = SFTDetector(cfg).fit(train, val, output_dir=tmp_path, printer=lambda s: None)
+    assert det.paused_ and det.train_info_["steps"] == 1
+    assert latest_checkpoint(tmp_path / "checkpoints").endswith("checkpoint-1")
+    (tmp_path / "checkpoints" / "checkpoint-99").mkdir()  # a half-written one (no trainer_state.json) is ignored
+    det2 = SFTDetector(quick_cfg(tiny, epochs=2)).fit(train, val, output_dir=tmp_path, resume=True,
+                                                     printer=lambda s: None)
+    assert not det2.paused_ and det2.train_info_["resumed_from"].endswith("checkpoint-1")
+    assert det2.train_info_["steps"] == 20  # 160 jobs / 16 per batch * 2 epochs
+    assert not (tmp_path / "checkpoints" / "checkpoint-99").exists()
+
+
+def test_unknown_config_key_and_bad_values_fail_clearly(tiny):
+    from llmad.config import from_dict
+
+    with pytest.raises(LlmadError, match="unknown key"):
+        from_dict(SFTConfig, {"epoch": 3})
+    with pytest.raises(LlmadError, match="template"):
+        SFTDetector(quick_cfg(tiny, template="nope")).fit(synthetic_jobs(8), None)
+    with pytest.raises(LlmadError, match="threshold objective"):
+        SFTDetector(quick_cfg(tiny, threshold_objective="median")).fit(synthetic_jobs(8), None)
