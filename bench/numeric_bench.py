@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-MODELS = RESULTS / "models"  # git-ignored (bench/results/*/models/ covers sub-folders; see report)
+MODELS = RESULTS / "numeric" / "models"  # git-ignored by the bench/results/*/models/ rule
 os.environ.setdefault("LLMAD_TORCH_THREADS", "1")
 
 DATASETS = {
@@ -76,6 +76,14 @@ def _save(name: str, rows: list[dict]) -> None:
     keys = {json.dumps(r["config"], sort_keys=True) for r in rows}
     merged = [r for r in old if json.dumps(r["config"], sort_keys=True) not in keys] + rows
     write_json(path, merged)
+
+
+def _done(name: str) -> set[str]:
+    """Configs already finished OK in results/<name>.json (a rerun resumes instead of repeating them)."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return set()
+    return {json.dumps(r["config"], sort_keys=True) for r in json.loads(path.read_text()) if r["status"] == "ok"}
 
 
 def methods_for(ds: str) -> list[dict]:
@@ -133,7 +141,10 @@ def cmd_curves(args) -> None:
                  {"method": "lstm-ae", "shots": shots, "max_steps": 150},
                  {"method": "rf", "shots": shots, "n_estimators": 100}]
     if args.part in ("all", "curves"):
+        done = _done("numeric_curves")
         for g in grid:
+            if json.dumps({**base, **g}, sort_keys=True) in done:
+                continue
             r = run_one({**base, **g})
             _save("numeric_curves", [r])
             print(_line(r), flush=True)
@@ -222,7 +233,7 @@ def cmd_report(args) -> None:
              "inflates random scores and is shown only for comparison with published numbers (anchors, other "
              "data: MOMENT zero-shot adjusted F1 0.636 / probe 0.679 on 44 UCR series; DualLMAD best-threshold "
              "PA-F1 0.866 on SMD; both use best-on-test thresholds, ours do not).", ""]
-    cols = ["detector", "shots", "f1", "precision", "recall", "pr_auc", "roc_auc", "fpr_at_95_recall",
+    cols = ["detector", "shots", "train_windows", "f1", "precision", "recall", "pr_auc", "roc_auc", "fpr_at_95_recall",
             "event_recall", "mean_delay_points", "pa_f1_INFLATED", "windows_per_s", "peak_rss_mb"]
 
     def table(sub: pd.DataFrame, extra: list[str] | None = None) -> list[str]:
@@ -232,7 +243,7 @@ def cmd_report(args) -> None:
             if r["status"] != "ok":
                 out.append(f"| {r['detector']} | {r['shots']} | error: {str(r.get('error'))[:80]} |")
                 continue
-            out.append("| " + " | ".join(str(r[c]) if c in ("detector", "shots") else _fmt(r.get(c))
+            out.append("| " + " | ".join(str(r[c]) if c in ("detector", "shots", "train_windows") else _fmt(r.get(c))
                                          for c in cs) + " |")
         return out
 

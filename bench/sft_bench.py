@@ -110,7 +110,7 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
         "test_accuracy_argmax": m["test_argmax"]["accuracy"], "test_f1_argmax": m["test_argmax"]["f1"],
         "threshold": m["threshold"], "threshold_objective": m["threshold_objective"],
         "inference_jobs_per_s": m["inference_jobs_per_s"], "peak_rss_mb": m["peak_rss_mb"],
-        "sizes": m["sizes"], "run_dir": _rel(out), "torch_threads": _threads(),
+        "part_limit": data.limit, "sizes": m["sizes"], "run_dir": _rel(out), "torch_threads": _threads(),
         **(extra or {}),
     }
     save_result(key, rec)
@@ -133,7 +133,7 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------------- tasks
 def task_paper(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs)
-    data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper")
+    data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper", limit=a.limit)
     key = f"paper/{a.workflow}/{a.model}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
     rec = run_chunked(key, data, sft, a.chunk)
     return PAUSED_EXIT if rec is None else 0
@@ -141,7 +141,7 @@ def task_paper(a) -> int:
 
 def task_speed(a) -> int:
     """Both recipes on the same subsample of the 1000genome paper-split train rows; validation/test = published."""
-    data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper")
+    data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper", limit=a.limit)
     for name, recipe in (("paper", PAPER_RECIPE), ("llmad", LLMAD_RECIPE)):
         key = f"speed/{a.workflow}/{name}/limit{a.train_limit}"
         if key in load_results():
@@ -205,7 +205,7 @@ def task_infer(a) -> int:
 def task_runsplit(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs,
                   max_length=96 if a.template == "context" else (512 if a.template == "paper" else 64))
-    data = DataConfig(spec=f"flowbench:{a.workflow}", split="run")
+    data = DataConfig(spec=f"flowbench:{a.workflow}", split="run", limit=a.limit)
     key = f"runsplit/{a.workflow}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
     rec = run_chunked(key, data, sft, a.chunk)
     if rec is not None and not any(k.startswith(f"baseline/{a.workflow}/") for k in load_results()):
@@ -389,7 +389,14 @@ def main(argv=None) -> int:
     ap.add_argument("--shots", type=int, nargs="+", default=[100, 500, 1000])
     ap.add_argument("--n", type=int, default=1000, help="test jobs for the infer task")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=None,
+                    help="seeded subsample of every split part (validation/test too; stated in the record)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 wastes less CPU on a shared box)")
     a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if a.task == "speed" and a.train_limit is None:
         a.train_limit = 3000

@@ -46,7 +46,8 @@ SERIES_PREFIXES = ("nezha", "smd", "asd", "csv")
 # Sweeping one of these draws a learning curve (x = number of labeled samples the method may learn from).
 LABELED_KEYS = ("train_limit", "shots", "train_examples")
 # Settings that change how a run is shown or paced, never what it computes: left out of the cache hash.
-NON_SEMANTIC = {"progress", "logging_steps", "max_time_s", "save_total_limit", "extra", "out", "quiet"}
+NON_SEMANTIC = {"sft": {"progress", "logging_steps", "max_time_s", "save_total_limit", "extra"},
+                "numeric": {"out"}}
 HEADLINES = ("f1", "accuracy", "precision", "recall")
 
 
@@ -260,6 +261,11 @@ def _validate(recipe: Recipe, where: str) -> None:
     mnames = [m.name for m in recipe.methods]
     if len(set(mnames)) != len(mnames):
         raise LlmadError(f"{where}: method names must be unique, got {mnames} (set name: on each entry)")
+    for pub in recipe.report.published:
+        unknown = sorted(set(pub) - {"method", "dataset", "source", *TABLE_METRICS})
+        if unknown or "method" not in pub or "dataset" not in pub:
+            raise LlmadError(f"{where}: report.published entry {pub}: needs method, dataset, source and metric "
+                             f"values ({', '.join(TABLE_METRICS)}); unknown keys {unknown}")
     kinds = {m.name: m for m in recipe.methods}
     for m in recipe.methods:
         if m.method == "replay" and m.source in kinds:
@@ -379,7 +385,7 @@ class RunSpec:
 
     def hash_payload(self) -> dict[str, Any]:
         """What the cache key is computed from."""
-        cfg = {k: v for k, v in self.config.items() if k not in NON_SEMANTIC}
+        cfg = {k: v for k, v in self.config.items() if k not in NON_SEMANTIC.get(self.kind, set())}
         return {"harness": HARNESS_VERSION, "kind": self.kind, "data": self.data, "config": cfg,
                 "seed": self.seed, "limits": self.limits, "extras": self.extras}
 
@@ -545,9 +551,10 @@ class RunContext:
     """What an adapter gets: its spec, its folder, the guard, progress hooks and shared caches."""
 
     def __init__(self, spec: RunSpec, run_dir: Path, guard: LeakageGuard, resume: bool, cache: dict[str, Any],
-                 progress: "_Progress", log: Callable[[str], None]):
+                 progress: "_Progress", log: Callable[[str], None], report: ReportConfig | None = None):
         self.spec, self.run_dir, self.guard, self.resume, self.cache = spec, run_dir, guard, resume, cache
         self.progress, self.log = progress, log
+        self.report = report or ReportConfig()
 
     def stage(self, text: str, total: float | None = None) -> None:
         """Show what the run is doing now (and reset the inner bar)."""
@@ -655,7 +662,7 @@ def adapter_sft(ctx: RunContext) -> RunResult:
     det = res.get("detector")
     if det is not None:
         ctx.stage("embeddings (t-SNE) and one attention map")
-        _sft_extras(ctx, det, test, preds)
+        _sft_extras(ctx, det, test, preds, n=ctx.report.tsne_points)
         artifacts.update(tsne="tsne.csv", attention="attention.json")
     return RunResult(m, preds, details={"sft": {k: met[k] for k in ("train", "sizes", "threshold", "split")}},
                      artifacts=artifacts)
@@ -1011,7 +1018,8 @@ class RunStatus:
 
 
 def _run_one(spec: RunSpec, run_dir: Path, resume: bool, cache: dict[str, Any], progress: _Progress,
-             adapters: dict[str, Callable[[RunContext], RunResult]]) -> RunStatus:
+             adapters: dict[str, Callable[[RunContext], RunResult]], report: ReportConfig | None = None
+             ) -> RunStatus:
     from llmad.io import provenance, write_frame_csv, write_json
     from llmad.runs import peak_rss_mb
 
@@ -1024,7 +1032,7 @@ def _run_one(spec: RunSpec, run_dir: Path, resume: bool, cache: dict[str, Any], 
         (run_dir / stale).unlink(missing_ok=True)
     write_json(run_dir / "run.json", {"hash": spec.hash, **asdict(spec), "hash_payload": spec.hash_payload()})
     guard = LeakageGuard()
-    ctx = RunContext(spec, run_dir, guard, resume, cache, progress, progress.log)
+    ctx = RunContext(spec, run_dir, guard, resume, cache, progress, progress.log, report)
     started = datetime.now(timezone.utc).isoformat()
     t0 = time.perf_counter()
     try:
@@ -1059,7 +1067,8 @@ def _run_one(spec: RunSpec, run_dir: Path, resume: bool, cache: dict[str, Any], 
 
 
 def execute(specs: list[RunSpec], out: Path, resume: bool = False, quiet: bool = False,
-            adapters: dict[str, Callable[[RunContext], RunResult]] | None = None) -> list[RunStatus]:
+            adapters: dict[str, Callable[[RunContext], RunResult]] | None = None,
+            report: ReportConfig | None = None) -> list[RunStatus]:
     """Run (or reuse) every spec under ``out/runs/<hash>``; failures are recorded, the rest continue."""
     adapters = adapters or ADAPTERS
     statuses: list[RunStatus] = []
@@ -1071,7 +1080,7 @@ def execute(specs: list[RunSpec], out: Path, resume: bool = False, quiet: bool =
         for i in order:
             spec = specs[i]
             prog.run_started(f"{spec.row} on {spec.dataset} (seed {spec.seed})")
-            st = _run_one(spec, out / "runs" / spec.hash, resume, cache, prog, adapters)
+            st = _run_one(spec, out / "runs" / spec.hash, resume, cache, prog, adapters, report)
             statuses.append(st)
             if st.status in ("failed", "refused"):
                 prog.log(f"[{st.status}] {spec.row} on {spec.dataset} seed {spec.seed}: {st.message}")
@@ -1182,12 +1191,15 @@ def aggregate(recipe: Recipe, statuses: list[RunStatus]) -> pd.DataFrame:
         row["score_ms_per_item"] = float(np.mean([m.get("score_ms_per_item") or 0.0 for m in mets]))
         rows.append(row)
     for pub in recipe.report.published:
-        hits = [r for r in rows if r["method"] == pub.get("method") and r["dataset"] == pub.get("dataset")]
-        for r in hits:
-            for k in TABLE_METRICS:
-                if k in pub:
-                    r[f"published_{k}"] = pub[k]
-            r["published_source"] = pub.get("source", "")
+        unknown = sorted(set(pub) - {"method", "dataset", "source", *TABLE_METRICS})
+        if unknown or "method" not in pub or "dataset" not in pub:
+            raise LlmadError(f"report.published entry {pub}: needs method, dataset, source and metric values "
+                             f"({', '.join(TABLE_METRICS)}); unknown keys {unknown}")
+        text = ", ".join(f"{k} {pub[k]:.4g}" for k in TABLE_METRICS if isinstance(pub.get(k), (int, float)))
+        text = f"{pub.get('source', 'published')}: {text}"
+        for r in rows:
+            if r["method"] == pub["method"] and r["dataset"] == pub["dataset"]:
+                r["published"] = f"{r['published']}; {text}" if r.get("published") else text
     return pd.DataFrame(rows)
 
 
@@ -1195,7 +1207,7 @@ def table_markdown(recipe: Recipe, table: pd.DataFrame) -> str:
     """The results table as Markdown (mean ± std over seeds, CI of the headline)."""
     h = recipe.report.headline
     pct = int(round(recipe.report.ci * 100))
-    has_pub = any(c.startswith("published_") for c in table.columns)
+    has_pub = "published" in table.columns
     head = ["dataset", "method", "split", "seeds", "test n", f"{h} (mean ± sd)", f"{h} {pct}% CI", "accuracy",
             "ROC-AUC", "PR-AUC", "fit s"]
     if has_pub:
@@ -1214,11 +1226,7 @@ def table_markdown(recipe: Recipe, table: pd.DataFrame) -> str:
                      _fmt(r.get("accuracy_mean")), _fmt(r.get("roc_auc_mean")), _fmt(r.get("pr_auc_mean")),
                      _fmt(r.get("fit_seconds"), 1)]
         if has_pub:
-            pub = [f"{k} {r[f'published_{k}']:.4g}" for k in TABLE_METRICS
-                   if f"published_{k}" in r and isinstance(r[f"published_{k}"], (int, float))
-                   and math.isfinite(r[f"published_{k}"])]
-            cells.append((", ".join(pub) + (f" ({r['published_source']})" if r.get("published_source") else ""))
-                         if pub else "")
+            cells.append(r["published"] if isinstance(r.get("published"), str) else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -1422,8 +1430,8 @@ def write_report(recipe: Recipe, statuses: list[RunStatus], out: Path, added: li
     prov = provenance()
     h, pct = recipe.report.headline, int(round(recipe.report.ci * 100))
     counts = {k: sum(1 for s in status if s["status"] == k) for k in ("done", "cached", "failed", "refused")}
-    limits = sorted({f"{s.spec.row}: {k} part limited to {v} rows (seeded)" for s in statuses
-                     for k, v in s.spec.limits.items() if v})
+    limits = sorted({f"{s.spec.row}: {k} part limited to {v} {'runs' if s.spec.kind == 'replay' else 'rows'} "
+                     f"(seeded)" for s in statuses for k, v in s.spec.limits.items() if v})
     limits += sorted({f"{d.name}: every part limited to {d.limit} rows (seeded)" for d in recipe.datasets if d.limit})
     limits += sorted({f"{s.spec.row}: train subsampled to {s.spec.config['train_limit']} rows (seeded)"
                       for s in statuses if s.spec.kind == "sft" and s.spec.config.get("train_limit")})
@@ -1476,7 +1484,7 @@ def _html(recipe: Recipe, table: pd.DataFrame, about: list[str], limits: list[st
     """A self-contained HTML report: the table as HTML, the plots inlined as base64 PNG."""
     e = html.escape
     h, pct = recipe.report.headline, int(round(recipe.report.ci * 100))
-    has_pub = any(c.startswith("published_") for c in table.columns)
+    has_pub = "published" in table.columns
     head = ["dataset", "method", "split", "seeds", "test n", f"{h} (mean ± sd)", f"{h} {pct}% CI", "accuracy",
             "ROC-AUC", "PR-AUC", "fit s"] + (["published"] if has_pub else [])
     body = []
@@ -1539,7 +1547,7 @@ def compare(recipe_path: str | Path | dict[str, Any], out: str | Path | None = N
                                               "runs": [{"hash": s.hash, "method": s.row, "dataset": s.dataset,
                                                         "seed": s.seed} for s in specs]})
     t0 = time.perf_counter()
-    statuses = execute(specs, out, resume=resume, quiet=quiet, adapters=adapters)
+    statuses = execute(specs, out, resume=resume, quiet=quiet, adapters=adapters, report=recipe.report)
     run_s = time.perf_counter() - t0
     rep = write_report(recipe, statuses, out, added)
     rep.update(out=out, run_seconds=run_s, total_seconds=time.perf_counter() - t0, statuses=statuses, recipe=recipe)

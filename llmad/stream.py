@@ -32,8 +32,8 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict, deque
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -46,7 +46,6 @@ from llmad.errors import DataError, LlmadError
 
 NAN = float("nan")
 LABEL_COLUMNS = ("label", "anomaly_type")  # never shown to a detector
-ID_COLUMNS = ("workflow", "run_id", "job_id")
 # field -> the timestamps that must have passed before it is known (max of them); absent = static (job start).
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     **{t: (t,) for t in TIMESTAMPS},
@@ -90,7 +89,7 @@ class StreamConfig:
     """How a stream is replayed and when it alerts."""
 
     reveal: str = "events"  # events (fields appear as their timestamps pass) | features (paper: one feature a step)
-    speed: str = "max"  # max | <N>x (paced: event time runs N times faster than real time)
+    speed: str = "max"  # max | <N>x (paced: event time runs N times faster than real time; each run on its own clock)
     alert: str = "threshold"  # threshold | k-of-n
     k: int = 2
     n: int = 3
@@ -193,6 +192,22 @@ def make_partial(jobs: pd.DataFrame, as_of: float | Sequence[float] | pd.Series)
                     hidden |= pd.isna(out[f]).to_numpy()
             out.loc[hidden, c] = np.nan
     return out
+
+
+def prefix_augment(jobs: pd.DataFrame, copies: int = 1, seed: int = 0) -> pd.DataFrame:
+    """``jobs`` plus ``copies`` partial versions of each, cut at a random one of its events before the last."""
+    rng = np.random.default_rng(seed)
+    ts = _timestamps(jobs)
+    parts = [jobs]
+    for _ in range(copies):
+        cut = np.full(len(jobs), np.nan)
+        for i, row in enumerate(ts):
+            ev = np.unique(row[np.isfinite(row)])
+            if len(ev) > 1:
+                cut[i] = ev[rng.integers(0, len(ev) - 1)]
+        ok = np.isfinite(cut)
+        parts.append(make_partial(jobs[ok], cut[ok]))
+    return pd.concat(parts, ignore_index=True)
 
 
 def reveal_features(jobs: pd.DataFrame, k: int, order: Sequence[str] = PAPER_FEATURES) -> pd.DataFrame:
@@ -356,6 +371,12 @@ def detector_inputs(detector: Any) -> list[str] | None:
 
     if isinstance(detector, BaselineDetector):
         return feature_columns(detector.features)
+    # Text detectors (SFT): the built-in job templates read only these fields.
+    tmpl = getattr(getattr(detector, "config", None), "template", None)
+    if getattr(detector, "_template_path", None) is None and tmpl in ("paper", "compact"):
+        return list(PAPER_FEATURES)
+    if getattr(detector, "_template_path", None) is None and tmpl == "context":
+        return list(PAPER_FEATURES) + list(CONTEXT_FEATURES) + ["transformation"]
     return None
 
 
@@ -1483,9 +1504,10 @@ def _kind(p: Path) -> str | None:
 def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", part: str = "test",
                seed: int = 0, runs: int | None = None, val_runs: int | None = None, train_runs: int | None = None,
                test_workflow: str | None = None, data_dir: str | Path | None = None, out: str | Path | None = None,
-               progress: Callable[[str], None] | None = None, detector: Any = None) -> tuple[ReplayResult, Path]:
+               progress: Callable[[str], None] | None = None, detector: Any = None,
+               on_alert: Callable[[dict], None] | None = None) -> tuple[ReplayResult, Path]:
     """``llmad replay``: choose runs, open/fit the detector, set the threshold, replay, write the run folder."""
-    from llmad.io import write_frame_csv, write_json
+    from llmad.io import write_frame_csv
     from llmad.runs import default_out, write_run
 
     cfg.check()
@@ -1519,7 +1541,8 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
     out_dir = Path(out) if out else default_out("replay", name)
     out_dir.mkdir(parents=True, exist_ok=True)
     res = replay(iter_runs(data, data_dir, chosen), det, cfg, thr, predictions_path=out_dir / "predictions.csv",
-                 alerts_path=out_dir / "alerts.jsonl" if cfg.reveal == "events" else None, progress=progress)
+                 alerts_path=out_dir / "alerts.jsonl" if cfg.reveal == "events" else None, progress=progress,
+                 on_alert=on_alert)
     config = {"stream": config_dict(cfg), "model": model, "detector": getattr(det, "name", type(det).__name__),
               "data": data, "split": split, "part": part, "seed": seed, "runs": chosen,
               "runs_subsample": None if runs is None else int(runs), "test_workflow": test_workflow,
@@ -1551,7 +1574,7 @@ def summary_line(res: ReplayResult, cfg: StreamConfig) -> str:
             f"{m['false_alerts_per_normal_run']:.2f}; threshold {res.threshold:.4g}; {speed}")
 
 
-__all__ = ["run_replay", "open_detector", "fit_baseline", "StreamConfig", "make_partial", "reveal_times", "reveal_features", "RunContext", "CachedScorer",
+__all__ = ["prefix_augment", "run_replay", "open_detector", "fit_baseline", "StreamConfig", "make_partial", "reveal_times", "reveal_features", "RunContext", "CachedScorer",
            "AlertPolicy", "replay_run", "replay_features_run", "replay", "ReplayResult", "ReplaySummary",
            "iter_runs", "split_run_ids", "choose_stream_threshold", "feed_records", "write_feed", "Watcher",
            "plot_curve", "detector_inputs", "parse_speed", "ENDPOINTS"]

@@ -374,3 +374,15 @@ def test_split_run_ids_match_load_split(tiny_zip):
     sp = load_split(str(tiny_zip), "run", seed=3)
     for part in ("train", "validation", "test"):
         assert ids[part] == sorted(sp.part(part)["run_id"].unique())
+
+
+def test_prefix_augment_adds_partial_copies():
+    from llmad.stream import prefix_augment
+
+    run = run_table(30)
+    aug = prefix_augment(run, copies=2, seed=1)
+    assert len(aug) == 3 * len(run)
+    part = aug.iloc[len(run):]
+    assert (part["label"].to_numpy() == np.tile(run["label"].to_numpy(), 2)).all()
+    # Every partial copy misses at least the post-script delay (cut before the last event).
+    assert part["post_script_delay"].isna().all() and part["wms_delay"].notna().any()

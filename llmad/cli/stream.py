@@ -41,10 +41,16 @@ def replay(
 
     cfg = StreamConfig(reveal=reveal, speed=speed, alert=alert, k=k, n=n, threshold=threshold, batch=batch,
                        quantize=quantize).check()
+    import json
+
+    from llmad.stream import parse_speed
+
     prog = None if quiet else (lambda m: typer.echo(m, err=True))
+    # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
+    live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(speed) is not None else None
     _, out_dir = run_replay(model, data, cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
                             train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
-                            progress=prog)
+                            progress=prog, on_alert=live)
     typer.echo(f"wrote {out_dir}")
 
 

@@ -23,7 +23,6 @@ points of the same series as history.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 

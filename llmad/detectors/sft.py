@@ -225,10 +225,9 @@ class _ValidationLine:
 
             def on_step_end(self, args, state, control, **kw):
                 if self.max_time_s is not None and time.monotonic() - self.t0 > self.max_time_s:
-                    # Evaluate + save so that the checkpoint carries best-model bookkeeping; resume continues.
+                    # Save only (a validation pass can cost minutes); resume continues from this step.
                     self.paused = True
                     control.should_training_stop = True
-                    control.should_evaluate = True
                     control.should_save = True
                 return control
 
@@ -356,6 +355,11 @@ class SFTDetector(Detector):
         if cfg.threshold_objective not in ("f1", "accuracy", "youden", "argmax"):
             raise LlmadError(f"threshold objective {cfg.threshold_objective!r}: expected f1|accuracy|youden|argmax")
         parse_freeze(cfg.freeze)
+        if not cfg.progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()  # no load reports / shard bars in quiet runs
+            hf_logging.disable_progress_bar()
         set_seed(cfg.seed)
         device, _dtype, mp = pick_device_dtype()
         t_start = time.perf_counter()
@@ -409,7 +413,7 @@ class SFTDetector(Detector):
                           data_collator=DataCollatorWithPadding(self.tokenizer_),
                           processing_class=self.tokenizer_,
                           compute_metrics=_compute_metrics if val_ds is not None else None, callbacks=callbacks)
-        resume_from = latest_checkpoint(ckpt_dir) if resume else None
+        resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
         if resume and resume_from is None:
             printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
         elif resume_from:
@@ -607,8 +611,8 @@ class _null:
         return False
 
 
-def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """Newest complete ``checkpoint-N`` (trainer_state.json is written last); incomplete ones are removed."""
+def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> str | None:
+    """Newest complete ``checkpoint-N`` (trainer_state.json is written last); optionally delete incomplete ones."""
     d = Path(ckpt_dir)
     if not d.is_dir():
         return None
@@ -618,7 +622,7 @@ def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
         if m and c.is_dir():
             if (c / "trainer_state.json").is_file():
                 cands.append((int(m.group(1)), c))
-            elif _is_main_process():
+            elif remove_incomplete and _is_main_process():
                 shutil.rmtree(c, ignore_errors=True)  # killed while writing it
     return str(max(cands)[1]) if cands else None
 
