@@ -209,22 +209,26 @@ def task_runsplit(a) -> int:
     key = f"runsplit/{a.workflow}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
     rec = run_chunked(key, data, sft, a.chunk)
     if rec is not None and not any(k.startswith(f"baseline/{a.workflow}/") for k in load_results()):
-        baseline_context(a.workflow)
+        baseline_context(a.workflow, a.limit, a.train_limit)
     return PAUSED_EXIT if rec is None else 0
 
 
-def baseline_context(workflow: str) -> None:
-    """`llmad baseline --features context` (gradient boosting) on the same run split, for the table."""
+def baseline_context(workflow: str, limit: int | None, train_limit: int | None) -> None:
+    """`llmad baseline --features context` (gradient boosting, random forest) on the same rows as the SFT runs."""
     from llmad.data import load_split
     from llmad.detectors.baselines import BaselineDetector
     from llmad.metrics import classification_report
 
-    split = load_split(f"flowbench:{workflow}", split="run", context=True)
+    split = load_split(f"flowbench:{workflow}", split="run", context=True, limit=limit)
+    train = split.train
+    if train_limit and len(train) > train_limit:
+        train = train.sample(n=train_limit, random_state=0).reset_index(drop=True)  # as SFTConfig.train_limit
     for method in ("hgb", "rf"):
-        det = BaselineDetector(method=method, features="context").fit(split.train, split.validation)
+        det = BaselineDetector(method=method, features="context").fit(train, split.validation)
         r = classification_report(split.test["label"], det.score(split.test), threshold=det.threshold_)
         save_result(f"baseline/{workflow}/{method}-context", {"key": f"baseline/{workflow}/{method}-context",
-                    "workflow": workflow, "split": "run", "method": f"{method}-context",
+                    "workflow": workflow, "split": "run", "method": f"{method}-context", "train_rows": len(train),
+                    "part_limit": limit,
                     "test_accuracy": r["accuracy"], "test_f1": r["f1"], "test_roc_auc": r["roc_auc"]})
 
 
@@ -234,19 +238,19 @@ def task_forget(a) -> int:
     base = replace(LLMAD_RECIPE, model=a.model, train_limit=a.train_limit)
     ka = f"forget/{wa}/A"
     if ka not in load_results():
-        if run_chunked(ka, DataConfig(spec=f"flowbench:{wa}", split="run"), base, a.chunk) is None:
+        if run_chunked(ka, DataConfig(spec=f"flowbench:{wa}", split="run", limit=a.limit), base, a.chunk) is None:
             return PAUSED_EXIT
     a_model = ROOT / load_results()[ka]["run_dir"] / "model"
     for freeze in ("none", "encoder"):
         kb = f"forget/{wa}->{wb}/{freeze}"
         if kb not in load_results():
             sft = replace(base, init_from=str(a_model), freeze=freeze)
-            if run_chunked(kb, DataConfig(spec=f"flowbench:{wb}", split="run"), sft, a.chunk) is None:
+            if run_chunked(kb, DataConfig(spec=f"flowbench:{wb}", split="run", limit=a.limit), sft, a.chunk) is None:
                 return PAUSED_EXIT
         res = load_results()
         if "acc_on_A_after" not in res[kb]:
             rec = res[kb]
-            rec.update(_eval_on(ROOT / rec["run_dir"] / "model", wa, "acc_on_A_after", "f1_on_A_after"))
+            rec.update(_eval_on(ROOT / rec["run_dir"] / "model", wa, "acc_on_A_after", "f1_on_A_after", a.limit))
             rec.update({"acc_on_A_before": res[ka]["test_accuracy"], "f1_on_A_before": res[ka]["test_f1"]})
             save_result(kb, rec)
     return 0
@@ -267,22 +271,24 @@ def task_transfer(a) -> int:
     ks = f"forget/{src}/A" if f"forget/{src}/A" in load_results() else f"transfer/{src}/source"
     if ks not in load_results():
         sft = replace(LLMAD_RECIPE, model=a.model, train_limit=a.train_limit)
-        if run_chunked(ks, DataConfig(spec=f"flowbench:{src}", split="run"), sft, a.chunk) is None:
+        if run_chunked(ks, DataConfig(spec=f"flowbench:{src}", split="run", limit=a.limit), sft, a.chunk) is None:
             return PAUSED_EXIT
     src_model = ROOT / load_results()[ks]["run_dir"] / "model"
     kz = f"transfer/{src}->{tgt}/zero-shot"
     if kz not in load_results():
         rec = {"key": kz, "source": src, "target": tgt, "target_jobs": 0}
-        rec.update(_eval_on(src_model, tgt, "test_accuracy", "test_f1"))
+        rec.update(_eval_on(src_model, tgt, "test_accuracy", "test_f1", a.limit))
         save_result(kz, rec)
     for n in a.shots:
         for start in ("source", "scratch"):
             k = f"transfer/{src}->{tgt}/{start}/{n}"
             if k in load_results():
                 continue
-            sft = replace(LLMAD_RECIPE, model=a.model, train_limit=n, epochs=max(3.0, 3.0 * 1000 / n),
+            epochs = max(3.0, 3.0 * 1000 / n)  # about the same number of steps for every N
+            steps = int(np.ceil(n / LLMAD_RECIPE.batch_size) * epochs)
+            sft = replace(LLMAD_RECIPE, model=a.model, train_limit=n, epochs=epochs, eval_steps=max(1, steps // 3),
                           init_from=str(src_model) if start == "source" else None)
-            rec = run_chunked(k, DataConfig(spec=f"flowbench:{tgt}", split="run"), sft, a.chunk,
+            rec = run_chunked(k, DataConfig(spec=f"flowbench:{tgt}", split="run", limit=a.limit), sft, a.chunk,
                               extra={"source": src, "target": tgt, "target_jobs": n, "start": start})
             if rec is None:
                 return PAUSED_EXIT

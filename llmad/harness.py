@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import html
 import json
@@ -1088,6 +1087,7 @@ def execute(specs: list[RunSpec], out: Path, resume: bool = False, quiet: bool =
                 prog.log(f"[done {st.seconds:.0f}s] {spec.row} on {spec.dataset} seed {spec.seed}")
             prog.run_done()
     cache.clear()
+    _LM_CACHE.clear()
     return statuses
 
 
@@ -1216,8 +1216,8 @@ def table_markdown(recipe: Recipe, table: pd.DataFrame) -> str:
     for _, r in table.iterrows():
         name = f"**{r['method']}**" if r.get("strong_baseline") else str(r["method"])
         if r.get("status") not in ("ok",) and not r.get("seeds"):
-            cells = [r["dataset"], name, str(r.get("split")), f"0/{r['seeds_planned']}", "–", r["status"], "–", "–",
-                     "–", "–", "–"]
+            cells = [r["dataset"], name, str(r.get("split")), f"0/{r['seeds_planned']}", "–", r["status"],
+                     *["–"] * 5]
         else:
             sd = r.get(f"{h}_std")
             hv = _fmt(r.get(f"{h}_mean")) + (f" ± {_fmt(sd)}" if sd is not None and math.isfinite(sd) else "")
@@ -1448,7 +1448,8 @@ def write_report(recipe: Recipe, statuses: list[RunStatus], out: Path, added: li
         f"Runs in this invocation: {counts['done']} ran, {counts['cached']} from cache, {counts['failed']} failed, "
         f"{counts['refused']} refused by the leakage guard.",
     ]
-    md = [f"# {recipe.name}", "", recipe.description.strip(), "", "## Results", "", md_table, *[f"- {a}" for a in about]]
+    md = [f"# {recipe.name}", "", recipe.description.strip(), "", "## Results", "", md_table,
+          *[f"- {a}" for a in about]]
     if limits:
         md += ["", "Subsampling:", *[f"- {x}" for x in limits]]
     bad = [s for s in status if s["status"] in ("failed", "refused")]

@@ -11,7 +11,9 @@ A field whose endpoint is missing is revealed only at the job's end. Before a fi
 Peer context (``ctx_*``, ``llmad.data.context``) is causal and incremental: a job's peer features are recomputed at
 each of its own events from the peers' fields known at that instant (medians over sorted lists), so at the moment a
 job finishes they equal ``add_context_features(causal=True)`` up to ties. A job is rescored only at its own events
-and only when its detector input changed; identical inputs (across jobs too) are scored once (a bounded cache), and
+and only when its detector input changed (an event before any of the detector's time-revealed inputs is known is
+counted but not scored: the score would only be the model's prior for an empty job); identical inputs (across jobs
+too) are scored once (a bounded cache), and
 scoring is batched over a run (``batch="run"``, max speed) or per time step (``batch="step"``, paced replay, watch).
 
 ``reveal="features"`` is the LLM_AD paper's online study (Jin et al., SC'24): the job sentence grows one feature at

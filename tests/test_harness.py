@@ -218,6 +218,30 @@ def test_leakage_guard_refuses_a_run_that_thresholds_on_test(toy_zip, tmp_path):
     assert "refused" in (out / "report.md").read_text()
 
 
+def test_numeric_methods_on_a_csv_series(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1200
+    x = rng.normal(0, 1, (n, 3))
+    y = np.zeros(n, int)
+    for a in (200, 420, 640, 790, 1000, 1110):  # bursts in every part of the 60/20/20 time split
+        y[a:a + 25] = 1
+        x[a:a + 25] += 4.0
+    pd.DataFrame({"cpu": x[:, 0], "mem": x[:, 1], "net": x[:, 2], "label": y}).to_csv(tmp_path / "s.csv", index=False)
+    rec = {"name": "num", "datasets": [{"name": "syn", "spec": f"csv:{tmp_path / 's.csv'}"}],
+           "methods": [{"method": "numeric", "name": "numeric-iforest",
+                        "config": {"method": "iforest", "n_estimators": 30, "window": 32}},
+                       {"method": "numeric", "name": "numeric-hgb",
+                        "config": {"method": "hgb", "n_estimators": 20, "window": 32}}],
+           "report": {"bootstrap": 50, "html": False}}
+    rep = harness.compare(rec, out=tmp_path / "o", quiet=True)
+    assert [s["status"] for s in rep["status"]] == ["done", "done"]
+    table = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert table["strong_baseline"].all() and (table["roc_auc_mean"] > 0.8).all()
+    run = tmp_path / "o" / "runs" / rep["status"][0]["hash"]
+    checked = json.loads((run / "provenance.json").read_text())["leakage_guard"]["checked"]
+    assert any("normalisation" in k for k in checked) and any("threshold" in k for k in checked)
+
+
 def test_guard_checks_series_spans():
     g = harness.LeakageGuard()
     g.set_test_spans([("m1", 100, 200)])
@@ -261,7 +285,8 @@ def _render_in_chromium(report: Path, tmp_path: Path) -> dict:
     probe = """<script>window.addEventListener('load', () => {
       const t = document.querySelector('table#results');
       const imgs = [...document.images].map(i => ({w: i.naturalWidth, h: i.naturalHeight, ok: i.complete}));
-      const out = {rows: t ? t.tBodies[0].rows.length : -1, headers: t ? [...t.tHead.rows[0].cells].map(c => c.textContent) : [],
+      const out = {rows: t ? t.tBodies[0].rows.length : -1,
+                   headers: t ? [...t.tHead.rows[0].cells].map(c => c.textContent) : [],
                    visible: t ? t.getBoundingClientRect().height > 0 : false, images: imgs};
       const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);
       document.body.appendChild(pre);});</script>"""

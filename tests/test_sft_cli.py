@@ -111,7 +111,7 @@ def test_bad_freeze_is_a_one_line_error():
 
 def test_kill_mid_training_then_resume_finishes(real_runs, tiny, tmp_path):
     out = tmp_path / "run"
-    args = ["sft", "--model", tiny, "--data", real_runs, "--max-steps", "60", "--eval-steps", "10",
+    args = ["sft", "--model", tiny, "--data", real_runs, "--max-steps", "24", "--eval-steps", "6",
             "--batch-size", "8", "--out", str(out), "-q"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     log = open(tmp_path / "first.log", "w")
@@ -130,7 +130,7 @@ def test_kill_mid_training_then_resume_finishes(real_runs, tiny, tmp_path):
     log.close()
     assert not (out / "metrics.json").exists()
     step = int(Path(latest_checkpoint(out / "checkpoints")).name.split("-")[1])
-    assert step < 60
+    assert step < 24
 
     again = llmad(*args[:-1])  # same options, no --resume: refuses to overwrite
     assert again.returncode == 2 and "--resume" in again.stderr
@@ -138,7 +138,7 @@ def test_kill_mid_training_then_resume_finishes(real_runs, tiny, tmp_path):
     r = llmad(*args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["train"]["steps"] == 60
+    assert m["train"]["steps"] == 24
     assert m["train"]["resumed_from"].endswith(f"checkpoint-{step}")
     assert (out / "model" / "model" / "model.safetensors").is_file()
 

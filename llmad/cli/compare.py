@@ -13,7 +13,8 @@ from llmad.cli import app
 @app.command()
 def compare(
     recipe: str = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder [runs/compare/<recipe name>]"),
+    out: Optional[str] = typer.Option(None, "--out", "-o",
+                                      help="output folder (default: runs/compare/NAME, NAME from the recipe)"),
     resume: bool = typer.Option(False, "--resume",
                                 help="continue interrupted runs from their checkpoints (finished runs are always "
                                      "reused)"),

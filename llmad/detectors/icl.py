@@ -728,7 +728,8 @@ class ICLDetector(Detector):
                 prompts[r] = g.prefix_text + body
         words = cfg.label_words
         keep = [i for i, p in enumerate(prompts) if p is not None]
-        return pd.DataFrame({"prompt": [prompts[i] for i in keep],
+        job_ids = rows["job_id"].astype(str).to_numpy() if "job_id" in rows else np.array([""] * len(rows))
+        return pd.DataFrame({"job_id": job_ids[keep], "prompt": [prompts[i] for i in keep],
                              "completion": [" " + words[int(y)] for y in rows["label"].to_numpy()[keep]],
                              "label": rows["label"].to_numpy()[keep].astype(int)})
 

@@ -260,7 +260,8 @@ def test_tuning_examples_are_prompt_completion_pairs(smol_tokenizer):
     det = fitted(smol_tokenizer, shots=2, train_examples=6)
     ex = det.tuning_examples(make_jobs(40, seed=1))
     assert len(ex) == 6 and set(ex["completion"]) <= {" Normal", " Abnormal"}
-    assert not set(det.demos_["job_id"]) & set(ex.index.astype(str))
+    assert len(det.demos_) == 2 and not set(det.demos_["job_id"]) & set(ex["job_id"])
+    assert ex["label"].sum() == 3  # balanced
     assert all(p.rstrip().endswith("Answer:") for p in ex["prompt"])
 
 
