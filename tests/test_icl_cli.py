@@ -48,7 +48,8 @@ def test_icl_generate_and_cot(tmp_path, capsys):
     assert code == 0, out
     m = json.loads((tmp_path / "gen" / "metrics.json").read_text())
     assert 0 <= m["parse_rate"] <= 1 and m["unparseable"] == m["counters"]["unparseable"]
-    code, out = call(icl(tmp_path, "cot", "--shots", "1", "--limit", "2", "--mode", "cot"), capsys)
+    code, out = call(icl(tmp_path, "cot", "--shots", "1", "--limit", "2", "--mode", "cot",
+                         "--max-new-tokens", "24"), capsys)
     assert code == 0, out
     lines = (tmp_path / "cot" / "reasoning.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all("reasoning" in json.loads(x) for x in lines)

@@ -35,6 +35,8 @@ def icl(
                                               help="demonstrations in tuning prompts (default: --shots)"),
     lr: float = typer.Option(2e-4, "--lr", help="LoRA learning rate"),
     batch_size: int = typer.Option(8, "--batch-size", help="queries per forward pass"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="generation length [8 for generate, 160 for cot]"),
     no_cache: bool = typer.Option(False, "--no-cache", help="re-encode the whole prompt per job (slow path)"),
     max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens",
                                                     help="prompt budget (default: the model's context window)"),
@@ -55,7 +57,12 @@ def icl(
                     calibrate=calibrate, template=template, threshold=threshold, load_in_4bit=load_in_4bit,
                     lora_r=lora, train_examples=train_examples, train_steps=train_steps, train_shots=train_shots,
                     learning_rate=lr, batch_size=batch_size, use_cache=not no_cache,
-                    max_prompt_tokens=max_prompt_tokens, seed=seed, trust_remote_code=trust_remote_code).validate()
+                    max_prompt_tokens=max_prompt_tokens, seed=seed, trust_remote_code=trust_remote_code)
+    if max_new_tokens is not None:
+        if max_new_tokens <= 0:
+            raise LlmadError("--max-new-tokens must be positive")
+        cfg.max_new_tokens = cfg.cot_max_new_tokens = max_new_tokens
+    cfg.validate()
     resolve_model(model)  # an unreachable hub id fails here, before any data is loaded
     run = ICLRun(data=data, data_dir=data_dir, split=split, test_workflow=test_workflow, seed=seed, limit=limit,
                  val_limit=val_limit, out=out)
