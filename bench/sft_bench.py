@@ -105,7 +105,10 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
         "epochs_done": m["train"]["epochs_done"], "freeze": sft.freeze, "lora": sft.lora,
         "train_s_total": sum(c["train_s"] for c in ch), "wall_to_model_s": sum(c["train_s"] for c in ch) + setup,
         "cpu_s_total": sum(c["cpu_s"] for c in ch), "chunks": len(ch),
-        "train_samples_per_s": m["train"]["samples_seen_per_s"],
+        # samples per second of training over all chunks (the last batch of an epoch may be short)
+        "train_samples_per_s": min(m["train"]["steps"] * sft.batch_size,
+                                   m["train"]["train_rows"] * (m["train"]["epochs_done"] or 0))
+        / max(sum(c["train_s"] for c in ch), 1e-9),
         "test_accuracy": m["test"]["accuracy"], "test_f1": m["test"]["f1"], "test_roc_auc": m["test"].get("roc_auc"),
         "test_accuracy_argmax": m["test_argmax"]["accuracy"], "test_f1_argmax": m["test_argmax"]["f1"],
         "threshold": m["threshold"], "threshold_objective": m["threshold_objective"],

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -341,7 +342,6 @@ class SFTDetector(Detector):
         """Fine-tune on ``train`` (checkpoints under ``output_dir``), early-stop and threshold on ``validation``."""
         import tempfile
 
-        import torch
         from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                                   set_seed)
 
@@ -418,10 +418,13 @@ class SFTDetector(Detector):
             printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
         elif resume_from:
             printer(f"resuming from {resume_from}")
+        start_step = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
         t1 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         train_s = time.perf_counter() - t1
         self.paused_ = bool(line.paused)
+        if output_dir is None and not self.paused_:
+            shutil.rmtree(out, ignore_errors=True)  # our own temp checkpoints: nothing to resume from
         self.trainer_state_ = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch,
                                "best_metric": trainer.state.best_metric,
                                "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -440,7 +443,6 @@ class SFTDetector(Detector):
         model.eval()
         self.model_ = model
         self.device_ = device
-        n_samples = len(train_ds)
         steps = trainer.state.global_step
         self.train_info_ = {
             "base_location": location, "train_rows": int(len(tr)), "train_rows_before_augment": int(
@@ -449,7 +451,8 @@ class SFTDetector(Detector):
             "mean_train_tokens": float(np.mean([len(x) for x in train_ids])) if train_ids else 0.0,
             "render_tokenize_s": render_s, "train_s": train_s, "steps": int(steps), "epochs_done": trainer.state.epoch,
             "train_samples_per_s": float(result.metrics.get("train_samples_per_second", float("nan"))),
-            "samples_seen_per_s": float(min(steps * cfg.batch_size, max(1, n_samples) * (trainer.state.epoch or 0))
+            # this process's own steps only (a resumed run did the earlier ones in another process)
+            "samples_seen_per_s": float((steps - start_step) * cfg.batch_size * int(args.world_size)
                                         / max(train_s, 1e-9)),
             "device": device, "mixed_precision": mp, "world_size": int(args.world_size), **freeze_info,
             "resumed_from": resume_from, "paused": self.paused_,
@@ -522,7 +525,10 @@ class SFTDetector(Detector):
 
         det = copy.copy(self)
         cpu_model = copy.deepcopy(self.model_).to("cpu").eval()
-        det.model_ = torch.ao.quantization.quantize_dynamic(cpu_model, {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():
+            # torch.ao dynamic quantization is deprecated in favour of torchao, but still works on this torch
+            warnings.simplefilter("ignore")
+            det.model_ = torch.ao.quantization.quantize_dynamic(cpu_model, {torch.nn.Linear}, dtype=torch.qint8)
         det.device_, det.quantized_ = "cpu", True
         return det
 

@@ -64,7 +64,7 @@ def quick_cfg(model: str, **kw) -> SFTConfig:
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     train, val, test = synthetic_jobs(240, 0), synthetic_jobs(80, 1), synthetic_jobs(80, 2)
-    det = SFTDetector(quick_cfg(tiny)).fit(train, val, output_dir=tmp_path_factory.mktemp("fit"),
+    det = SFTDetector(quick_cfg(tiny, epochs=3, lr=3e-3)).fit(train, val, output_dir=tmp_path_factory.mktemp("fit"),
                                            printer=lambda s: None)
     return det, test
 
@@ -214,7 +214,7 @@ def test_custom_template_travels_with_the_model(tiny, tmp_path):
 
 
 def test_max_time_pauses_with_a_checkpoint_and_resume_finishes(tiny, tmp_path):
-    train, val = synthetic_jobs(160), synthetic_jobs(32, 1)
+    train, val = synthetic_jobs(64), synthetic_jobs(16, 1)
     cfg = quick_cfg(tiny, epochs=2, max_time_s=0.0)
     det = SFTDetector(cfg).fit(train, val, output_dir=tmp_path, printer=lambda s: None)
     assert det.paused_ and det.train_info_["steps"] == 1
@@ -223,7 +223,7 @@ def test_max_time_pauses_with_a_checkpoint_and_resume_finishes(tiny, tmp_path):
     det2 = SFTDetector(quick_cfg(tiny, epochs=2)).fit(train, val, output_dir=tmp_path, resume=True,
                                                      printer=lambda s: None)
     assert not det2.paused_ and det2.train_info_["resumed_from"].endswith("checkpoint-1")
-    assert det2.train_info_["steps"] == 20  # 160 jobs / 16 per batch * 2 epochs
+    assert det2.train_info_["steps"] == 8  # 64 jobs / 16 per batch * 2 epochs
     assert not (tmp_path / "checkpoints" / "checkpoint-99").exists()
 
 
