@@ -74,7 +74,7 @@ class SFTConfig:
     lora_alpha: int | None = None  # default 2 * rank
     lora_dropout: float = 0.1
     init_from: str | None = None  # a saved llmad SFT model (or HF folder) to start from
-    prefix_augment: bool = False  # also train on partial jobs (later stages NaN), for streaming
+    prefix_augment: bool = False  # also train on partial jobs (later fields NaN, as llmad.stream reveals them)
     prefix_copies: int = 1  # partial copies per training job
     group_by_length: bool = True
     early_stopping_patience: int = 2  # evaluations without improvement; 0 disables early stopping
@@ -332,8 +332,17 @@ class SFTDetector(Detector):
         cfg = self.config
         if cfg.train_limit and len(train) > cfg.train_limit:
             train = train.sample(n=cfg.train_limit, random_state=cfg.seed).reset_index(drop=True)
+        self.prefix_kind_ = None
         if cfg.prefix_augment:
-            train = prefix_augmented(train, copies=cfg.prefix_copies, seed=cfg.seed)
+            if {"submit", "execute_start", "execute_end"} <= set(train.columns):
+                # Event-time cuts from the streaming module: the same partial rows `llmad replay` scores.
+                from llmad.stream import prefix_augment as event_prefix_augment
+
+                train = event_prefix_augment(train, copies=cfg.prefix_copies, seed=cfg.seed)
+                self.prefix_kind_ = "events"
+            else:  # no timestamps: cut at the stages of PREFIX_STAGES
+                train = prefix_augmented(train, copies=cfg.prefix_copies, seed=cfg.seed)
+                self.prefix_kind_ = "stages"
         return train
 
     # ------------------------------------------------------------------ training
@@ -455,7 +464,7 @@ class SFTDetector(Detector):
             "samples_seen_per_s": float((steps - start_step) * cfg.batch_size * int(args.world_size)
                                         / max(train_s, 1e-9)),
             "device": device, "mixed_precision": mp, "world_size": int(args.world_size), **freeze_info,
-            "resumed_from": resume_from, "paused": self.paused_,
+            "resumed_from": resume_from, "paused": self.paused_, "prefix_augment": self.prefix_kind_,
         }
         if self.paused_:
             return self

@@ -236,3 +236,16 @@ def test_unknown_config_key_and_bad_values_fail_clearly(tiny):
         SFTDetector(quick_cfg(tiny, template="nope")).fit(synthetic_jobs(8), None)
     with pytest.raises(LlmadError, match="threshold objective"):
         SFTDetector(quick_cfg(tiny, threshold_objective="median")).fit(synthetic_jobs(8), None)
+
+
+def test_prefix_augment_trains_on_partial_copies(tiny, tmp_path):
+    train = synthetic_jobs(48)
+    det = SFTDetector(quick_cfg(tiny, prefix_augment=True, max_steps=1, epochs=1)).fit(
+        train, None, output_dir=tmp_path, printer=lambda s: None)
+    assert det.train_info_["train_rows"] == 2 * len(train)
+    assert det.train_info_["prefix_augment"] == "stages"  # no timestamps here: stage cuts
+    timed = train.assign(submit=0.0, execute_start=10.0, execute_end=20.0, stage_out_end=25.0)
+    det = SFTDetector(quick_cfg(tiny, prefix_augment=True, max_steps=1, epochs=1)).fit(
+        timed, None, output_dir=tmp_path / "b", printer=lambda s: None)
+    assert det.train_info_["prefix_augment"] == "events"
+    assert det.train_info_["train_rows"] > len(train)
