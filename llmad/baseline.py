@@ -39,6 +39,7 @@ def run_baseline(data: DataConfig, cfg: BaselineConfig, out: str | Path | None =
     out_dir = Path(out) if out else default_out("baseline", f"{name}-{cfg.method}-{cfg.features}-{data.split}")
     summary = (f"{cfg.method}/{cfg.features} on {data.spec} [{split.kind} split]: acc {metrics['accuracy']:.4f} "
                f"f1 {metrics['f1']:.4f} roc_auc {metrics['roc_auc']:.4f} -> {out_dir}")
+    det.save(out_dir / "model")  # loadable by llmad.detectors.load_detector (replay, predict)
     write_run(out_dir, config={"data": data, "baseline": cfg}, metrics=metrics, predictions=preds, summary=summary)
     metrics["out_dir"] = str(out_dir)
     return metrics

@@ -172,7 +172,8 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
             jobs = add_context_features(jobs, causal=det.config.causal)
     scores, ms = timed_scoring(det.score, jobs)
     thr = float(det.threshold_)
-    metrics = {"method": "sft", "model_dir": str(model_dir), "data": spec, "split": split, "part": part if split else None,
+    metrics = {"method": "sft", "model_dir": str(model_dir), "data": spec, "split": split,
+               "part": part if split else None,
                "threshold": thr, "jobs": int(len(jobs)), "inference_ms_per_job": ms,
                "inference_jobs_per_s": 1000.0 / ms if ms > 0 else float("nan"), "quantized": quantize,
                "peak_rss_mb": peak_rss_mb()}
@@ -185,7 +186,8 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     write_run(out, config={"model_dir": str(model_dir), "data": spec, "split": split, "part": part, "seed": seed,
                            "limit": limit, "quantize": quantize}, metrics=metrics, predictions=preds)
     r = metrics.get("report")
-    line = f"scored {len(jobs)} jobs ({metrics['inference_jobs_per_s']:.0f} jobs/s), {int(preds['prediction'].sum())} flagged"
+    line = (f"scored {len(jobs)} jobs ({metrics['inference_jobs_per_s']:.0f} jobs/s), "
+            f"{int(preds['prediction'].sum())} flagged")
     if r:
         line += f"; accuracy {r['accuracy']:.4f} F1 {r['f1']:.4f}"
     printer(f"{line}; outputs in {out}")

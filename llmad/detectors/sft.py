@@ -242,7 +242,8 @@ def _compute_metrics(eval_pred) -> dict[str, float]:
     logits = logits[0] if isinstance(logits, tuple) else logits
     prob = _softmax1(np.asarray(logits, dtype=np.float64))
     pred = (prob >= 0.5).astype(int)
-    out = {"accuracy": float(skm.accuracy_score(labels, pred)), "f1": float(skm.f1_score(labels, pred, zero_division=0))}
+    out = {"accuracy": float(skm.accuracy_score(labels, pred)),
+           "f1": float(skm.f1_score(labels, pred, zero_division=0))}
     out["roc_auc"] = float(skm.roc_auc_score(labels, prob)) if 0 < np.sum(labels) < len(labels) else float("nan")
     return out
 
