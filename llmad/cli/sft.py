@@ -51,7 +51,7 @@ def sft(
 ) -> None:
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
     from llmad.config import DataConfig, from_dict, load_yaml, merge
-    from llmad.detectors.sft import SFTConfig, parse_freeze
+    from llmad.detectors.sft import parse_freeze
     from llmad.models import resolve_model
     from llmad.sft import SFTRunConfig, run_sft
 

@@ -5,7 +5,6 @@ sklearn-style: ``__init__`` only stores keyword arguments; fitted state ends in 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +52,3 @@ class Detector:
         """Load a detector written by ``save``."""
         raise NotImplementedError
 
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON so that a reader never sees a half-written file."""
-    from llmad.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

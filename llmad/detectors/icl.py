@@ -737,7 +737,6 @@ class ICLDetector(Detector):
         """LoRA on prompt -> label completions with trl's SFTTrainer (completion-only loss)."""
         import tempfile
 
-        import torch
         from datasets import Dataset
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
