@@ -68,3 +68,19 @@ def genome_jobs(real_data_dir):
     from llmad.data.flowbench import load_jobs
 
     return load_jobs("flowbench:1000genome", real_data_dir)
+
+
+def make_tiny_bert(path: Path, layers: int = 2) -> Path:
+    """A randomly initialised small BERT with MiniLM's WordPiece tokenizer, saved as safetensors."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from llmad.models import resolve_model
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm").location)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path

@@ -18,25 +18,11 @@ import pytest
 from llmad.data.specs import find_data_dir
 from llmad.detectors.sft import latest_checkpoint
 
+from conftest import make_tiny_bert
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-def make_tiny_bert(path: Path) -> Path:
-    """A randomly initialised 2-layer BERT with MiniLM's tokenizer (fast stand-in for process tests)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from llmad.models import resolve_model
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm").location)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, num_labels=2)
-    BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

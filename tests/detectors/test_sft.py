@@ -3,7 +3,6 @@ head, init-from, custom templates, int8 copy. A tiny BERT (built here, MiniLM's 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,21 +13,7 @@ from llmad.detectors.sft import (PREFIX_STAGES, SFTConfig, SFTDetector, apply_fr
                                  parse_freeze, partial_jobs, prefix_augmented)
 from llmad.errors import LlmadError
 
-
-def make_tiny_bert(path: Path, layers: int = 2) -> Path:
-    """A randomly initialised 2-layer BERT with MiniLM's WordPiece tokenizer, saved as safetensors."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from llmad.models import resolve_model
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm").location)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, num_labels=2)
-    BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
+from conftest import make_tiny_bert
 
 
 @pytest.fixture(scope="module")
