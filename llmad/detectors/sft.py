@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,7 +62,7 @@ class SFTConfig:
     model: str = "minilm"  # offline alias, hub id or local folder
     template: str = "compact"  # paper | compact | context | path to a .j2
     causal: bool = False  # context template: peers finished no later than the job only
-    max_length: int = 64
+    max_length: int | None = None  # None: the longest train job (99.9th percentile), so no template is cut silently
     epochs: float = 3.0
     lr: float = 1e-4
     batch_size: int = 32
@@ -329,6 +329,14 @@ class SFTDetector(Detector):
         return tok(list(texts), truncation=True, max_length=self.config.max_length, add_special_tokens=True,
                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
+    def _auto_max_length(self, texts: Sequence[str]) -> int:
+        """Token budget that fits all but the rarest outliers: a fixed 64 cut the context template's host part."""
+        cap = min(int(getattr(self.tokenizer_, "model_max_length", 512) or 512), 512)
+        lens = [len(x) for x in self.tokenizer_(list(texts), truncation=True, max_length=cap, add_special_tokens=True,
+                                                 return_attention_mask=False,
+                                                 return_token_type_ids=False)["input_ids"]]
+        return int(min(cap, max(8, np.ceil(np.percentile(lens, 99.9))))) if lens else cap
+
     def _train_frame(self, train: pd.DataFrame) -> pd.DataFrame:
         cfg = self.config
         if cfg.train_limit and len(train) > cfg.train_limit:
@@ -360,7 +368,8 @@ class SFTDetector(Detector):
 
         cfg = self.config
         resolve_template(cfg.template)  # fail before loading a model on a bad template name
-        if cfg.lora < 0 or cfg.epochs <= 0 or cfg.batch_size <= 0 or cfg.max_length < 8:
+        if cfg.lora < 0 or cfg.epochs <= 0 or cfg.batch_size <= 0 or (cfg.max_length is not None
+                                                                         and cfg.max_length < 8):
             raise LlmadError("need lora >= 0, epochs > 0, batch size > 0 and max length >= 8")
         if cfg.threshold_objective not in ("f1", "accuracy", "youden", "argmax"):
             raise LlmadError(f"threshold objective {cfg.threshold_objective!r}: expected f1|accuracy|youden|argmax")
@@ -383,7 +392,10 @@ class SFTDetector(Detector):
 
         tr = self._train_frame(train)
         t0 = time.perf_counter()
-        train_ids = self._encode(self.render(tr))
+        train_texts = self.render(tr)
+        if cfg.max_length is None:
+            self.config = cfg = replace(cfg, max_length=self._auto_max_length(train_texts))
+        train_ids = self._encode(train_texts)
         train_ds = _Encoded(train_ids, tr["label"].to_numpy())
         val_ds = None
         if validation is not None and len(validation) and cfg.eval_during_training:

@@ -234,3 +234,14 @@ def test_prefix_augment_trains_on_partial_copies(tiny, tmp_path):
         timed, None, output_dir=tmp_path / "b", printer=lambda s: None)
     assert det.train_info_["prefix_augment"] == "events"
     assert det.train_info_["train_rows"] > len(train)
+
+
+def test_auto_max_length_fits_the_longest_train_job(tiny, tmp_path):
+    train = synthetic_jobs(60, 3)
+    det = SFTDetector(quick_cfg(tiny, max_length=None, template="paper", epochs=1))
+    det.fit(train, None, output_dir=tmp_path / "fit", printer=lambda s: None)
+    lens = [len(x) for x in det.tokenizer_(det.render(train))["input_ids"]]
+    # The paper template is longer than the old fixed 64 tokens: nothing of it may be cut.
+    assert max(lens) > 64 and det.config.max_length >= max(lens) - 1
+    det.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "detector.json").read_text())["max_length"] == det.config.max_length
