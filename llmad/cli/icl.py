@@ -33,6 +33,9 @@ def icl(
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="optimizer steps (default: one pass)"),
     train_shots: Optional[int] = typer.Option(None, "--train-shots",
                                               help="demonstrations in tuning prompts (default: --shots)"),
+    train_demos: str = typer.Option("fixed", "--train-demos",
+                                    help="fixed (the run's demonstrations) | resample (own 0..--train-shots per "
+                                         "tuning prompt)"),
     lr: float = typer.Option(2e-4, "--lr", help="LoRA learning rate"),
     batch_size: int = typer.Option(8, "--batch-size", help="queries per forward pass"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
@@ -56,7 +59,7 @@ def icl(
     cfg = ICLConfig(model=model, shots=shots, select=select, order=order, stats=stats, mode=mode,
                     calibrate=calibrate, template=template, threshold=threshold, load_in_4bit=load_in_4bit,
                     lora_r=lora, train_examples=train_examples, train_steps=train_steps, train_shots=train_shots,
-                    learning_rate=lr, batch_size=batch_size, use_cache=not no_cache,
+                    train_demos=train_demos, learning_rate=lr, batch_size=batch_size, use_cache=not no_cache,
                     max_prompt_tokens=max_prompt_tokens, seed=seed, trust_remote_code=trust_remote_code)
     if max_new_tokens is not None:
         if max_new_tokens <= 0:

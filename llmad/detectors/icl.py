@@ -40,6 +40,7 @@ ORDERS = ("shuffled", "fixed")
 MODES = ("score", "generate", "cot")
 CALIBRATIONS = ("none", "content-free")
 THRESHOLDS = ("validation", "argmax")
+TRAIN_DEMOS = ("fixed", "resample")
 
 
 @dataclass
@@ -65,6 +66,14 @@ class ICLConfig:
     train_batch_size: int = 4
     learning_rate: float = 2e-4
     train_shots: int | None = None  # demonstrations in tuning prompts; None: the same as ``shots``
+    # fixed: every tuning prompt has the run's demonstrations; resample: each tuning prompt draws its own
+    # (0..train_shots of them, with ``select``, from train rows that are not tuning examples), so that one
+    # adapter serves zero-, one- and few-shot prompts alike.
+    train_demos: str = "fixed"
+    train_budget_s: float | None = None  # stop tuning after this many seconds (the steps done are recorded)
+    # LoRA on the last N decoder layers only (None: all): the backward pass then stops there, which makes a
+    # CPU tuning step about twice as cheap on a 30-layer model.
+    lora_layers: int | None = None
     batch_size: int = 8
     use_cache: bool = True
     max_new_tokens: int = 8
@@ -76,7 +85,8 @@ class ICLConfig:
     def validate(self) -> "ICLConfig":
         """Check option values; raise LlmadError with the allowed values."""
         for name, allowed in (("select", SELECTIONS), ("order", ORDERS), ("mode", MODES),
-                              ("calibrate", CALIBRATIONS), ("threshold", THRESHOLDS)):
+                              ("calibrate", CALIBRATIONS), ("threshold", THRESHOLDS),
+                              ("train_demos", TRAIN_DEMOS)):
             if getattr(self, name) not in allowed:
                 raise LlmadError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.shots < 0:
@@ -536,47 +546,66 @@ class ICLDetector(Detector):
         bs = max(1, self.config.batch_size)
         model = self.lm_.model
         dev = self._device()
-        # One continuation pass per distinct multi-token path (variant minus its last token).
-        paths = sorted({tuple(v[:-1]) for _, v in variants if len(v) > 1})
-        keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+        # Multi-token variants share paths (the variant minus its last token). The first path is appended to every
+        # query of the batch and scored in the same forward pass (causal attention: the appended tokens cannot
+        # change the logits before them), so the common case (one path, e.g. "Ab"+"normal") costs m extra tokens
+        # per row and no second pass or cache copy. Further paths (case variants) continue from the returned
+        # cache with the inline tokens masked out.
+        paths = sorted({tuple(v[:-1]) for _, v in variants if len(v) > 1}, key=lambda p: (len(p), p))
+        inline = list(paths[0]) if paths else []
+        rest = paths[1:]
+        m0 = len(inline)
+        keep_kw = {"logits_to_keep": m0 + 1} if "logits_to_keep" in inspect.signature(
             _base_model(model).forward).parameters else {}
         pad = self.lm_.tokenizer.pad_token_id or 0
         for g in groups:
             p_len = len(g.prefix_ids)
-            for s in range(0, len(g.rows), bs):
-                rows = g.rows[s:s + bs]
-                seqs = g.seqs[s:s + bs]
+            # Batches of similar lengths waste less compute on padding.
+            order = sorted(range(len(g.rows)), key=lambda i: len(g.seqs[i]))
+            for s in range(0, len(order), bs):
+                rows = [g.rows[i] for i in order[s:s + bs]]
+                seqs = [g.seqs[i] for i in order[s:s + bs]]
                 b = len(rows)
                 body = seqs if use_cache else [g.prefix_ids + q for q in seqs]
                 width = max(len(q) for q in body)
-                # Left padding: every row ends at the last column, so only that column's logits are needed
-                # and continuations append without gaps. Padded positions are masked out.
-                ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
-                mask = torch.zeros((b, width), dtype=torch.long, device=dev)
+                # Left padding: every row ends at column width-1, so the label logits sit in the last columns and
+                # the inline path appends without gaps. Padded positions are masked out.
+                ids = torch.full((b, width + m0), pad, dtype=torch.long, device=dev)
+                mask = torch.zeros((b, width + m0), dtype=torch.long, device=dev)
                 for r, q in enumerate(body):
-                    ids[r, width - len(q):] = torch.tensor(q, device=dev)
+                    ids[r, width - len(q):width] = torch.tensor(q, device=dev)
                     mask[r, width - len(q):] = 1
+                if m0:
+                    ids[:, width:] = torch.tensor(inline, device=dev)
                 pos = (mask.cumsum(1) - 1).clamp(min=0)
                 with torch.no_grad():
                     if use_cache:
                         cache = build_cache(self._torch_prefix_cache(g.prefix_ids), b)
                         full_mask = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=dev), mask], 1)
                         res = model(input_ids=ids, attention_mask=full_mask, position_ids=pos + p_len,
-                                    use_cache=bool(paths), **keep_kw, **{cache_kwarg(model): cache})
+                                    use_cache=bool(rest), **keep_kw, **{cache_kwarg(model): cache})
                     else:
                         full_mask = mask
-                        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(paths),
+                        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(rest),
                                     **keep_kw)
-                    lp1 = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+                    lps = torch.log_softmax(res.logits[:, -(m0 + 1):].float(), dim=-1)
+                    lp1 = lps[:, 0]
                     per_variant = {vi: lp1[:, v[0]].clone() for vi, (_, v) in enumerate(variants)}
-                    end = full_mask.sum(1)  # true length of each row (prefix + query)
-                    kv = cache_tensors(model_cache(res)) if paths else None
-                    for path in paths:
+                    for vi, (_, v) in enumerate(variants):
+                        if len(v) > 1 and list(v[:-1]) == inline:
+                            for j in range(m0):
+                                per_variant[vi] = per_variant[vi] + lps[:, j + 1, v[j + 1]]
+                    if rest:
+                        end = full_mask.sum(1) - m0  # true length of each row (prefix + query)
+                        base_mask = full_mask.clone()
+                        base_mask[:, base_mask.shape[1] - m0:] = 0  # the inline tokens are not part of the prompt
+                        kv = cache_tensors(model_cache(res))
+                    for path in rest:
                         m = len(path)
                         # The stored tensors are only read: each update concatenates into new ones.
                         cache2 = build_cache(kv, b)
                         ext = torch.tensor(path, device=dev).unsqueeze(0).expand(b, -1)
-                        mask2 = torch.cat([full_mask, torch.ones((b, m), dtype=torch.long, device=dev)], 1)
+                        mask2 = torch.cat([base_mask, torch.ones((b, m), dtype=torch.long, device=dev)], 1)
                         pos2 = end.unsqueeze(1) + torch.arange(m, device=dev).unsqueeze(0)
                         r2 = model(input_ids=ext, attention_mask=mask2, position_ids=pos2, use_cache=True,
                                    **{cache_kwarg(model): cache2})
@@ -721,6 +750,9 @@ class ICLDetector(Detector):
         own = None
         if cfg.select == "nearest" and cfg.shots > 0:
             own = self._neighbours(rows, cfg.shots, exclude_self=True)
+        elif cfg.train_demos == "resample":
+            rest = pool.iloc[np.setdiff1d(np.arange(len(pool)), chosen)].reset_index(drop=True)
+            own = self._resampled_demos(rest, len(rows), rng)
         groups, kept = self.prepare(texts, mode="score", own_demos=own)
         prompts: list[str | None] = [None] * len(texts)
         for g in groups:
@@ -732,6 +764,23 @@ class ICLDetector(Detector):
         return pd.DataFrame({"job_id": job_ids[keep], "prompt": [prompts[i] for i in keep],
                              "completion": [" " + words[int(y)] for y in rows["label"].to_numpy()[keep]],
                              "label": rows["label"].to_numpy()[keep].astype(int)})
+
+    def _resampled_demos(self, pool: pd.DataFrame, n: int, rng: np.random.Generator) -> list[list[tuple[str, int]]]:
+        """Per tuning prompt, its own 0..train_shots demonstrations drawn from ``pool`` with ``select``."""
+        cfg = self.config
+        kmax = cfg.train_shots if cfg.train_shots is not None else cfg.shots
+        picks = []
+        for _ in range(n):
+            k = int(rng.integers(0, kmax + 1))
+            try:
+                d = select_demonstrations(pool, k, cfg.select, seed=int(rng.integers(2**31)))
+            except LlmadError:  # a class too small for k: fewer demonstrations rather than none at all
+                d = select_demonstrations(pool, min(k, len(pool)), "random", seed=int(rng.integers(2**31)))
+            picks.append(list(d.index))
+        needed = pd.Index(sorted({i for p in picks for i in p}))
+        texts = dict(zip(needed, self.render(pool.loc[needed]))) if len(needed) else {}
+        labels = pool["label"].astype(int)
+        return [[(texts[i], int(labels.loc[i])) for i in p] for p in picks]
 
     def _tune(self, train: pd.DataFrame) -> None:
         """LoRA on prompt -> label completions with trl's SFTTrainer (completion-only loss)."""
@@ -746,7 +795,7 @@ class ICLDetector(Detector):
 
         cfg = self.config
         saved_demos = self.demos_
-        if cfg.train_shots is not None and cfg.select != "nearest":
+        if cfg.train_shots is not None and cfg.select != "nearest" and cfg.train_demos == "fixed":
             self.demos_ = saved_demos.iloc[:cfg.train_shots]
         self._prefix_cache = {}
         try:
@@ -756,10 +805,29 @@ class ICLDetector(Detector):
             self._prefix_cache = {}
         if len(ex) == 0:
             raise LlmadError("no tuning examples: the train part is empty")
+        tok = self.lm_.tokenizer
+        lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in ex["prompt"]]
+        prompt_tokens = {"mean": float(np.mean(lens)), "min": int(np.min(lens)), "max": int(np.max(lens)),
+                         "total": int(np.sum(lens))}
         device, _, flags = pick_device_dtype()
         model = self.lm_.model
+        from peft import PeftModel
+
+        n_layers = next((v for a in ("num_hidden_layers", "n_layer") if isinstance(
+            v := getattr(_base_model(model).config, a, None), int)), None)
+        layers = None
+        if cfg.lora_layers and n_layers and cfg.lora_layers < n_layers:
+            layers = list(range(n_layers - cfg.lora_layers, n_layers))
+        targets: Any = "all-linear"
+        if layers:
+            # peft takes a layer subset only with explicit module names: every linear layer but the output head.
+            targets = sorted({n.rsplit(".", 1)[-1] for n, mod in _base_model(model).named_modules()
+                              if type(mod).__name__ in ("Linear", "Conv1D") and not n.endswith("lm_head")})
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, lora_dropout=0.05,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+                          target_modules=targets, task_type="CAUSAL_LM", layers_to_transform=layers)
+        # A model that already carries a trainable adapter (a saved one, reloaded) keeps training it: tuning can
+        # then run in several short rounds.
+        continuing = isinstance(model, PeftModel)
         steps = cfg.train_steps if cfg.train_steps else max(1, math.ceil(len(ex) / cfg.train_batch_size))
         with tempfile.TemporaryDirectory(prefix="llmad-icl-lora-") as tmp:
             args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=cfg.train_batch_size,
@@ -770,16 +838,22 @@ class ICLDetector(Detector):
                              dataloader_num_workers=0, disable_tqdm=True, use_cpu=(device == "cpu"),
                              gradient_checkpointing=False)
             ds = Dataset.from_pandas(ex[["prompt", "completion"]], preserve_index=False)
+            callbacks = [_TimeBudget(cfg.train_budget_s)] if cfg.train_budget_s else None
             trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=self.lm_.tokenizer,
-                                 peft_config=lora)
+                                 peft_config=None if continuing else lora, callbacks=callbacks)
             result = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         self.lm_.model = trainer.model
         self.lm_.model.eval()
-        self.tuning_ = {"examples": int(len(ex)), "positives": int(ex["label"].sum()), "steps": int(steps),
+        done = int(trainer.state.global_step)
+        seen = min(len(ex), done * cfg.train_batch_size)
+        self.tuning_ = {"examples": int(len(ex)), "positives": int(ex["label"].sum()), "steps": done,
+                        "planned_steps": int(steps), "examples_seen": int(seen),  # the trainer's sampler picks which
                         "train_loss": float(result.training_loss), "losses": losses,
                         "base_4bit": bool(cfg.load_in_4bit), "lora_r": cfg.lora_r,
-                        "train_shots": cfg.train_shots if cfg.train_shots is not None else cfg.shots}
+                        "train_shots": cfg.train_shots if cfg.train_shots is not None else cfg.shots,
+                        "train_demos": cfg.train_demos, "prompt_tokens": prompt_tokens,
+                        "lora_layers": layers, "continued": continuing}
         self._prefix_cache = {}
 
     # ------------------------------------------------------------ persistence
@@ -839,6 +913,32 @@ class ICLDetector(Detector):
             arr = load_file(str(path / "pool.safetensors"))
             det.pool_ = {**arr, "texts": state["pool_texts"]}
         return det
+
+
+def _time_budget_callback():
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stops training once ``seconds`` have passed (checked after each optimizer step)."""
+
+        def __init__(self, seconds: float):
+            import time
+
+            self.seconds = seconds
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            import time
+
+            if time.perf_counter() - self.start > self.seconds:
+                control.should_training_stop = True
+            return control
+
+    return TimeBudget
+
+
+def _TimeBudget(seconds: float):  # noqa: N802 (a class factory: transformers is imported lazily)
+    return _time_budget_callback()(seconds)
 
 
 # ---------------------------------------------------------------- end-to-end run (CLI and bench)

@@ -82,8 +82,39 @@ def test_prefix_cache_equal_with_chat_template_and_nearest(smol_tokenizer):
     assert np.max(np.abs(a - b)) < 1e-4
 
 
-def test_label_logprobs_match_a_direct_computation(smol_tokenizer):
-    """Score = log-sum over each label's tokenizations of the summed token log-probs, checked by hand."""
+@pytest.mark.parametrize("kw", [{}, {"case_variants": True},
+                                {"label_words": ("Unremarkable", "Pathological"), "case_variants": True}])
+def test_label_logprobs_match_a_direct_computation(smol_tokenizer, kw):
+    """Score = log-sum over each label's tokenizations of the summed token log-probs, checked by hand, with one
+    multi-token path (scored inline) and several (the others continue from the cache), cached and naive."""
+    import torch
+
+    det = fitted(smol_tokenizer, shots=1, **kw)
+    q = make_jobs(3, seed=4)
+    model = det.lm_.model
+    paths = {tuple(v[:-1]) for _, v in det.label_variants() if len(v) > 1}
+    assert len(paths) >= (2 if kw else 1)
+    fr = det.frame(list(zip(det.demos_["text"], det.demos_["label"])))
+    for i, text in enumerate(det.render(q)):
+        prompt_ids = det._encode(fr.prefix, first=True) + det._encode(text + fr.suffix, first=False)
+
+        def seq_lp(cont):
+            ids = torch.tensor([prompt_ids + cont])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            return sum(float(lp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(cont))
+
+        by_class = {0: [], 1: []}
+        for cls, v in det.label_variants():
+            by_class[cls].append(seq_lp(v))
+        expected = np.logaddexp.reduce(by_class[1]) - np.logaddexp.reduce(by_class[0])
+        for use in (True, False):
+            got = det.score_details(q, use_cache=use)["raw_logit"].iloc[i]
+            assert abs(got - expected) < 1e-4, (kw, use)
+
+
+def test_label_logprobs_hand_computed_default_words(smol_tokenizer):
+    """The default words: Normal | Normal (with a space) | Ab+normal | Abnormal (with a space)."""
     import torch
 
     det = fitted(smol_tokenizer, shots=1)
@@ -292,3 +323,47 @@ def test_smollm2_on_real_jobs(genome_jobs):
     gaps = det.calibration_["gap"]
     assert abs(np.mean([g["abnormal_minus_normal_after"] for g in gaps.values()])) <= \
         abs(np.mean([g["abnormal_minus_normal_before"] for g in gaps.values()])) + 1e-9
+
+
+def test_resampled_tuning_demonstrations(smol_tokenizer):
+    """train_demos=resample: each tuning prompt has its own 0..train_shots demonstrations, never a tuning row."""
+    det = fitted(smol_tokenizer, shots=2, select="random", train_examples=12, train_shots=3, train_demos="resample")
+    train = make_jobs(60, seed=1)
+    ex = det.tuning_examples(train)
+    assert len(ex) == 12
+    counts = [p.count("Answer:") - 1 for p in ex["prompt"]]  # demonstrations + the final cue
+    assert min(counts) >= 0 and max(counts) <= 3 and len(set(counts)) > 1
+    texts = dict(zip(det.render(train), train["job_id"]))
+    tuned_ids = set(ex["job_id"])
+    for p, jid in zip(ex["prompt"], ex["job_id"]):
+        demo_lines = [line for line in p.splitlines() if line in texts and texts[line] != jid]
+        assert not {texts[line] for line in demo_lines} & tuned_ids
+    with pytest.raises(LlmadError):
+        ICLConfig(train_demos="sometimes").validate()
+
+
+def test_tuning_time_budget_stops_early(smol_tokenizer):
+    det = ICLDetector(config=ICLConfig(shots=0, lora_r=2, train_examples=8, train_steps=5, train_batch_size=2,
+                                       train_budget_s=1e-6, batch_size=4))
+    det.fit(make_jobs(30, seed=1), None, lm=tiny_gpt2(smol_tokenizer))
+    assert det.tuning_["planned_steps"] == 5 and det.tuning_["steps"] == 1
+    assert det.tuning_["examples_seen"] == 2 and det.tuning_["prompt_tokens"]["total"] > 0
+
+
+def test_lora_on_last_layers_and_continued_tuning(smol_tokenizer, tmp_path):
+    """lora_layers=1 adapts only the last block; a reloaded trainable adapter keeps training (tuning rounds)."""
+    from peft import PeftModel
+
+    cfg = dict(shots=0, lora_r=2, lora_layers=1, train_examples=4, train_steps=1, train_batch_size=2,
+               learning_rate=5e-3, batch_size=4)
+    det = ICLDetector(config=ICLConfig(**cfg)).fit(make_jobs(30, seed=1), None, lm=tiny_gpt2(smol_tokenizer))
+    names = [n for n, _ in det.lm_.model.named_parameters() if "lora_" in n]
+    assert names and all(".h.1." in n for n in names)
+    det.save(tmp_path / "a")
+    lm = tiny_gpt2(smol_tokenizer)
+    lm.model = PeftModel.from_pretrained(lm.model, str(tmp_path / "a" / "adapter"), is_trainable=True)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "lora_B" in n}
+    again = ICLDetector(config=ICLConfig(**{**cfg, "seed": 1})).fit(make_jobs(30, seed=1), None, lm=lm)
+    assert again.tuning_["continued"]
+    after = dict(again.lm_.model.named_parameters())
+    assert any((after[n] - p).abs().max() > 0 for n, p in before.items())
