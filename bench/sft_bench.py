@@ -23,7 +23,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,7 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------------- tasks
 def task_paper(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs,
-                  lr=a.lr or LLMAD_RECIPE.lr, init_from=a.init_from,
+                  lr=a.lr or LLMAD_RECIPE.lr, init_from=a.init_from, freeze=a.freeze or LLMAD_RECIPE.freeze,
                   max_length=96 if a.template == "context" else LLMAD_RECIPE.max_length)
     data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper", limit=a.limit)
     key = f"paper/{a.workflow}/{a.model}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
@@ -144,7 +144,7 @@ def task_paper(a) -> int:
     if a.init_from:
         # Continued training: the record says from which run, so the epoch count is read as a total.
         src = json.loads((Path(a.init_from).parent / "metrics.json").read_text())["train"]
-        key += f"/continued+{a.epochs:g}ep"
+        key += f"/continued+{a.epochs:g}ep" + (f"/freeze-{a.freeze}" if a.freeze else "")
         extra = {"continued_from": _rel(Path(a.init_from)), "epochs_before": src["epochs_done"],
                  "train_s_before": src["train_s"]}
     rec = run_chunked(key, data, sft, a.chunk, extra=extra)
@@ -402,6 +402,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--epochs", type=float, default=LLMAD_RECIPE.epochs)
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: llmad's recipe)")
+    ap.add_argument("--freeze", default=None, help="freezing strategy (paper task; default: llmad's recipe)")
     ap.add_argument("--init-from", default=None, help="continue from a saved model folder (paper task)")
     ap.add_argument("--chunk", type=float, default=480.0, help="training seconds per call (< 10 min with setup)")
     ap.add_argument("--first", default="1000genome")

@@ -84,3 +84,22 @@ def make_tiny_bert(path: Path, layers: int = 2) -> Path:
     BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+def synthetic_jobs(n: int, seed: int = 0, jobs_per_run: int = 20) -> pd.DataFrame:
+    """Jobs whose anomalies run and compute several times longer than normal ones (SFT and stream tests)."""
+    from llmad.data.flowbench import PAPER_FEATURES
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(int)
+    df = pd.DataFrame({
+        "workflow": "synth", "run_id": [f"synth-run{i // jobs_per_run:04d}" for i in range(n)],
+        "job_id": [f"job{i}" for i in range(n)], "label": y,
+        "anomaly_type": np.where(y == 1, "cpu_3", "normal"), "job_type": "compute", "host": "h1",
+        "transformation": "individuals"})
+    for f in PAPER_FEATURES:
+        df[f] = rng.integers(1, 20, n).astype(float)
+    df["runtime"] = np.where(y == 1, rng.integers(900, 999, n), rng.integers(100, 199, n)).astype(float)
+    df["kickstart_executables_cpu_time"] = df["runtime"] * 0.9
+    df.loc[df.index % 7 == 0, ["stage_in_delay", "stage_in_bytes"]] = np.nan
+    return df

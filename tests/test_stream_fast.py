@@ -14,23 +14,15 @@ from llmad.errors import LlmadError
 from llmad.stream import AlertPolicy, CachedScorer, StreamConfig, make_partial, replay_run
 
 from conftest import make_tiny_bert
+from conftest import synthetic_jobs as shared_synthetic_jobs
 
 # Max |score - torch fp32 score| per backend (probabilities). int8 moves weights by up to half a quantization step.
 TOL = {"torch": 1e-9, "bf16": 0.02, "onnx": 1e-4, "onnx-int8": 0.06}
 
 
 def synthetic_jobs(n: int, seed: int = 0) -> pd.DataFrame:
-    """Jobs whose anomalies run several times longer than normal ones, with event timestamps for a replay."""
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < 0.4).astype(int)
-    df = pd.DataFrame({
-        "workflow": "synth", "run_id": "synth-run0001", "job_id": [f"job{i}" for i in range(n)], "label": y,
-        "anomaly_type": np.where(y == 1, "cpu_3", "normal"), "job_type": "compute", "host": "h1",
-        "transformation": "t"})
-    for f in PAPER_FEATURES:
-        df[f] = rng.integers(1, 20, n).astype(float)
-    df["runtime"] = np.where(y == 1, rng.integers(900, 999, n), rng.integers(100, 199, n)).astype(float)
-    df["kickstart_executables_cpu_time"] = df["runtime"] * 0.9
+    """One run of the shared synthetic jobs, stage fields unknown, with event timestamps for a replay."""
+    df = shared_synthetic_jobs(n, seed, jobs_per_run=n).assign(run_id="synth-run0001", transformation="t")
     df["stage_in_bytes"] = df["stage_out_bytes"] = np.nan
     df["stage_in_delay"] = df["stage_out_delay"] = np.nan
     t = 1_000.0 + 3.0 * np.arange(n)

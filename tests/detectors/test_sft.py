@@ -8,34 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmad.data.flowbench import PAPER_FEATURES
 from llmad.detectors.sft import (PREFIX_STAGES, SFTConfig, SFTDetector, apply_freeze, latest_checkpoint,
                                  parse_freeze, partial_jobs, prefix_augmented)
 from llmad.errors import LlmadError
 
-from conftest import make_tiny_bert
+from conftest import make_tiny_bert, synthetic_jobs
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
-
-
-def synthetic_jobs(n: int, seed: int = 0) -> pd.DataFrame:
-    """Jobs whose anomalies run and compute several times longer than normal ones."""
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < 0.4).astype(int)
-    df = pd.DataFrame({
-        "workflow": "synth", "run_id": [f"synth-run{i // 20:04d}" for i in range(n)],
-        "job_id": [f"job{i}" for i in range(n)], "label": y,
-        "anomaly_type": np.where(y == 1, "cpu_3", "normal"), "job_type": "compute", "host": "h1",
-        "transformation": "individuals"})
-    for f in PAPER_FEATURES:
-        df[f] = rng.integers(1, 20, n).astype(float)
-    df["runtime"] = np.where(y == 1, rng.integers(900, 999, n), rng.integers(100, 199, n)).astype(float)
-    df["kickstart_executables_cpu_time"] = df["runtime"] * 0.9
-    df.loc[df.index % 7 == 0, ["stage_in_delay", "stage_in_bytes"]] = np.nan
-    return df
 
 
 def quick_cfg(model: str, **kw) -> SFTConfig:
