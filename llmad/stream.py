@@ -118,10 +118,9 @@ class StreamConfig:
             raise LlmadError(f"k-of-n needs 1 <= k <= n, got k={self.k} n={self.n}")
         if self.batch not in ("run", "step"):
             raise LlmadError(f"--batch {self.batch!r}: expected run or step")
-        from llmad.detectors.sft_fast import BACKENDS
+        from llmad.detectors.sft_fast import check_backend
 
-        if self.backend not in BACKENDS:
-            raise LlmadError(f"--backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        check_backend(self.backend)
         if self.workers < 1:
             raise LlmadError(f"--workers {self.workers}: expected >= 1")
         parse_speed(self.speed)

@@ -324,18 +324,23 @@ class SFTDetector(Detector):
     def _template_ref(self) -> str:
         return getattr(self, "_template_path", None) or self.config.template
 
-    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def _encode(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         tok = self.tokenizer_
-        return tok(list(texts), truncation=True, max_length=self.config.max_length, add_special_tokens=True,
-                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return tok(list(texts), truncation=True, max_length=max_length or self.config.max_length,
+                   add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
-    def _auto_max_length(self, texts: Sequence[str]) -> int:
-        """Token budget that fits all but the rarest outliers: a fixed 64 cut the context template's host part."""
+    def _encode_auto(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids and a budget that fits all but the rarest outliers (a fixed 64 cut the context template's host
+        part); one tokenization, only the few longer sentences are encoded again at the budget."""
         cap = min(int(getattr(self.tokenizer_, "model_max_length", 512) or 512), 512)
-        lens = [len(x) for x in self.tokenizer_(list(texts), truncation=True, max_length=cap, add_special_tokens=True,
-                                                 return_attention_mask=False,
-                                                 return_token_type_ids=False)["input_ids"]]
-        return int(min(cap, max(8, np.ceil(np.percentile(lens, 99.9))))) if lens else cap
+        ids = self._encode(texts, cap)
+        if not ids:
+            return ids, cap
+        budget = int(min(cap, max(8, np.ceil(np.percentile([len(x) for x in ids], 99.9)))))
+        long = [i for i, x in enumerate(ids) if len(x) > budget]
+        for i, x in zip(long, self._encode([texts[i] for i in long], budget) if long else []):
+            ids[i] = x
+        return ids, budget
 
     def _train_frame(self, train: pd.DataFrame) -> pd.DataFrame:
         cfg = self.config
@@ -392,10 +397,11 @@ class SFTDetector(Detector):
 
         tr = self._train_frame(train)
         t0 = time.perf_counter()
-        train_texts = self.render(tr)
         if cfg.max_length is None:
-            self.config = cfg = replace(cfg, max_length=self._auto_max_length(train_texts))
-        train_ids = self._encode(train_texts)
+            train_ids, budget = self._encode_auto(self.render(tr))
+            self.config = cfg = replace(cfg, max_length=budget)
+        else:
+            train_ids = self._encode(self.render(tr))
         train_ds = _Encoded(train_ids, tr["label"].to_numpy())
         val_ds = None
         if validation is not None and len(validation) and cfg.eval_during_training:

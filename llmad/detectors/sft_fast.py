@@ -21,6 +21,7 @@ A batch's scores do not depend on how many workers there are.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
@@ -55,10 +56,16 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def pick_backend(detector: Any, backend: str = "auto") -> str:
-    """Resolve ``auto`` (and check a named backend can run here)."""
+def check_backend(backend: str) -> str:
+    """``backend`` when it is a known name; else a one-line error listing the names."""
     if backend not in BACKENDS:
         raise LlmadError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def pick_backend(detector: Any, backend: str = "auto") -> str:
+    """Resolve ``auto`` (and check a named backend can run here)."""
+    check_backend(backend)
     dev = getattr(detector, "device_", "cpu")
     if backend == "auto":
         if dev != "cpu" or getattr(detector, "quantized_", False):
@@ -71,21 +78,6 @@ def pick_backend(detector: Any, backend: str = "auto") -> str:
     if backend != "torch" and dev != "cpu":
         raise LlmadError(f"--backend {backend} is a CPU backend; on {dev} use torch (it autocasts already)")
     return backend
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _softmax1(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e[:, 1] / e.sum(axis=1)
 
 
 class FastSFT:
@@ -141,7 +133,7 @@ class FastSFT:
         bs = batch_size or self.batch_size
         if self.backend == "torch" and self.workers == 1:
             return self.detector.score_texts(texts, batch_size=bs)
-        from llmad.detectors.sft import _pad_batch
+        from llmad.detectors.sft import _pad_batch, _softmax1
 
         ids = self.detector._encode(texts)
         order = np.argsort([len(x) for x in ids], kind="stable")
@@ -154,7 +146,7 @@ class FastSFT:
         def one(idx: np.ndarray) -> None:
             seqs = [ids[j] for j in idx]
             x, m = self._canonical_batch(seqs, bs) if canonical else _pad_batch(seqs, pad)
-            out[idx] = _softmax1(self._logits(x, m))[:len(idx)]
+            out[idx] = _softmax1(self._logits(x, m).astype(np.float64))[:len(idx)]
 
         if self.workers > 1 and len(batches) > 1:
             list(self._executor().map(one, batches))
@@ -199,7 +191,7 @@ class FastSFT:
         if self._session is None:
             import torch
 
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.backend == "bf16" else _Null()
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.backend == "bf16" else contextlib.nullcontext()
             with torch.inference_mode(), ctx:
                 return self.detector.model_(input_ids=x, attention_mask=m).logits.float().numpy()
         names = self._input_names

@@ -225,5 +225,9 @@ def test_auto_max_length_fits_the_longest_train_job(tiny, tmp_path):
     lens = [len(x) for x in det.tokenizer_(det.render(train))["input_ids"]]
     # The paper template is longer than the old fixed 64 tokens: nothing of it may be cut.
     assert max(lens) > 64 and det.config.max_length >= max(lens) - 1
+    # One tokenization: the few sentences over the budget are re-encoded exactly as a truncating encode would.
+    texts = det.render(train)
+    ids, budget = det._encode_auto(texts)
+    assert budget == det.config.max_length and ids == det._encode(texts, budget)
     det.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "detector.json").read_text())["max_length"] == det.config.max_length
