@@ -113,7 +113,7 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
         "test_accuracy_argmax": m["test_argmax"]["accuracy"], "test_f1_argmax": m["test_argmax"]["f1"],
         "threshold": m["threshold"], "threshold_objective": m["threshold_objective"],
         "inference_jobs_per_s": m["inference_jobs_per_s"], "peak_rss_mb": m["peak_rss_mb"],
-        "part_limit": data.limit, "sizes": m["sizes"], "run_dir": _rel(out), "torch_threads": _threads(),
+        "part_limit": data.limit, "sizes": m["sizes"], "precision": sft.precision, "run_dir": _rel(out), "torch_threads": _threads(),
         **(extra or {}),
     }
     save_result(key, rec)
@@ -218,16 +218,23 @@ def task_infer(a) -> int:
 
 def task_runsplit(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs,
-                  max_length=96 if a.template == "context" else (512 if a.template == "paper" else 64))
+                  max_length=96 if a.template == "context" else (512 if a.template == "paper" else 64),
+                  precision=a.precision)
     data = DataConfig(spec=f"flowbench:{a.workflow}", split="run", limit=a.limit)
     key = f"runsplit/{a.workflow}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
+    if a.limit and a.limit != 1500:  # the first runs used 1,500-job parts; other part sizes get their own key
+        key += f"/parts{a.limit}"
+    if a.precision != "auto":
+        key += f"/{a.precision}"
     rec = run_chunked(key, data, sft, a.chunk)
-    if rec is not None and not any(k.startswith(f"baseline/{a.workflow}/") for k in load_results()):
-        baseline_context(a.workflow, a.limit, a.train_limit)
+    sfx = f"/parts{a.limit}" if a.limit and a.limit != 1500 else ""
+    if rec is not None and not any(k.startswith(f"baseline/{a.workflow}/") and k.endswith(f"-context{sfx}")
+                                   for k in load_results()):
+        baseline_context(a.workflow, a.limit, a.train_limit, sfx)
     return PAUSED_EXIT if rec is None else 0
 
 
-def baseline_context(workflow: str, limit: int | None, train_limit: int | None) -> None:
+def baseline_context(workflow: str, limit: int | None, train_limit: int | None, suffix: str = "") -> None:
     """`llmad baseline --features context` (gradient boosting, random forest) on the same rows as the SFT runs."""
     from llmad.data import load_split
     from llmad.detectors.baselines import BaselineDetector
@@ -240,7 +247,8 @@ def baseline_context(workflow: str, limit: int | None, train_limit: int | None) 
     for method in ("hgb", "rf"):
         det = BaselineDetector(method=method, features="context").fit(train, split.validation)
         r = classification_report(split.test["label"], det.score(split.test), threshold=det.threshold_)
-        save_result(f"baseline/{workflow}/{method}-context", {"key": f"baseline/{workflow}/{method}-context",
+        key = f"baseline/{workflow}/{method}-context{suffix}"
+        save_result(key, {"key": key,
                     "workflow": workflow, "split": "run", "method": f"{method}-context", "train_rows": len(train),
                     "part_limit": limit,
                     "test_accuracy": r["accuracy"], "test_f1": r["f1"], "test_roc_auc": r["roc_auc"]})
@@ -374,11 +382,15 @@ def render_report(res: dict) -> None:
     runsplit = [r for k, r in res.items() if k.startswith("runsplit/") or k.startswith("baseline/")]
     if runsplit:
         md += ["## 2. Run split (whole DAG runs apart): context vs paper template, beside the baselines", "",
-               "| workflow | method | train rows | test acc | test F1 | ROC-AUC |", "|---|---|---|---|---|---|"]
-        for r in sorted(runsplit, key=lambda r: (r["workflow"], r.get("method", r.get("template", "")))):
+               "| workflow | method | train rows | test jobs | epochs | precision | test acc | test F1 | ROC-AUC |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(runsplit, key=lambda r: (r["workflow"], r.get("part_limit") or 0,
+                                                 r.get("method", r.get("template", "")))):
             name = r.get("method") or f"sft {r['template']}"
-            md.append(f"| {r['workflow']} | {name} | {r.get('train_rows', '')} | {_f(r['test_accuracy'])} | "
-                      f"{_f(r['test_f1'])} | {_f(r.get('test_roc_auc'))} |")
+            test_n = (r.get("sizes") or {}).get("test", r.get("part_limit") or "")
+            md.append(f"| {r['workflow']} | {name} | {r.get('train_rows', '')} | {test_n} | "
+                      f"{_f(r.get('epochs_done'), 2) if 'epochs_done' in r else ''} | {r.get('precision', 'fp32' if 'template' in r else '')} | "
+                      f"{_f(r['test_accuracy'])} | {_f(r['test_f1'])} | {_f(r.get('test_roc_auc'))} |")
         md.append("")
     forget = [r for k, r in res.items() if k.startswith("forget/") and "->" in k]
     if forget:
@@ -414,6 +426,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: llmad's recipe)")
     ap.add_argument("--freeze", default=None, help="freezing strategy (paper task; default: llmad's recipe)")
     ap.add_argument("--init-from", default=None, help="continue from a saved model folder (paper task)")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (SFTConfig.precision; runsplit task)")
     ap.add_argument("--chunk", type=float, default=480.0, help="training seconds per call (< 10 min with setup)")
     ap.add_argument("--first", default="1000genome")
     ap.add_argument("--second", default="montage")

@@ -93,6 +93,8 @@ def test_offline_hub_id_names_the_aliases():
 def test_bad_freeze_is_a_one_line_error():
     r = llmad("sft", "--freeze", "half", timeout=120)
     assert r.returncode == 2 and "--freeze" in r.stderr and "Traceback" not in r.stderr
+    r = llmad("sft", "--precision", "fp8", timeout=120)
+    assert r.returncode == 2 and "--precision" in r.stderr and "bf16" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_kill_mid_training_then_resume_finishes(real_runs, tiny, tmp_path):

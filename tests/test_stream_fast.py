@@ -98,6 +98,15 @@ def test_parallel_workers_score_exactly_as_one(trained, fast, backend):
         np.testing.assert_allclose(two, trained.score_texts(texts), rtol=0, atol=1e-6)
 
 
+def test_bf16_scores_a_bf16_copy_and_leaves_the_detector_fp32(trained, fast):
+    import torch
+
+    f = fast("bf16")
+    assert {p.dtype for p in f._model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trained.model_.parameters()} == {torch.float32}
+    assert f._model is not trained.model_
+
+
 def test_wrapper_delegates_render_threshold_and_config(trained):
     fast = with_backend(trained, "bf16")
     jobs = synthetic_jobs(10, 3)

@@ -43,6 +43,9 @@ def sft(
     max_time: Optional[float] = typer.Option(None, "--max-time",
                                              help="pause after N seconds with a checkpoint (continue with --resume)"),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="f1 | accuracy | youden | argmax [f1]"),
+    precision: Optional[str] = typer.Option(None, "--precision",
+                                            help="auto | fp32 | bf16 | fp16 [auto: CUDA bf16/fp16, CPU fp32; "
+                                                 "bf16 on an AMX/AVX512-BF16 CPU trains ~1.5x faster]"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow model code from the hub"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML with data:/sft: sections (options override)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
@@ -53,7 +56,8 @@ def sft(
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
     from llmad.config import DataConfig, from_dict, load_yaml, merge
     from llmad.detectors.sft import parse_freeze
-    from llmad.models import resolve_model
+    from llmad.errors import LlmadError
+    from llmad.models import PRECISIONS, resolve_model
     from llmad.sft import SFTRunConfig, run_sft
 
     base = from_dict(SFTRunConfig, load_yaml(config), where=config) if config else SFTRunConfig()
@@ -65,9 +69,11 @@ def sft(
                          "max_length": max_length, "freeze": freeze, "lora": lora, "init_from": init_from,
                          "prefix_augment": prefix_augment, "max_steps": max_steps, "eval_steps": eval_steps,
                          "early_stopping_patience": patience, "max_time_s": max_time, "train_limit": train_limit,
-                         "threshold_objective": threshold, "seed": seed,
+                         "threshold_objective": threshold, "seed": seed, "precision": precision,
                          "trust_remote_code": trust_remote_code or None, "progress": False if quiet else None})
     parse_freeze(s.freeze)
+    if s.precision not in PRECISIONS:
+        raise LlmadError(f"--precision {s.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if not s.init_from:
         resolve_model(s.model)  # offline hub ids fail here, before any data is loaded
     cfg = SFTRunConfig(data=d, sft=s, out=out or base.out, resume=resume,

@@ -83,6 +83,7 @@ class SFTConfig:
     eval_steps: int | None = None  # evaluate + checkpoint every N steps; None = once per epoch
     max_steps: int = -1  # > 0 overrides epochs (smoke runs)
     max_time_s: float | None = None  # stop after this long with a checkpoint; continue later with resume
+    precision: str = "auto"  # auto (CUDA bf16/fp16, CPU fp32) | fp32 | bf16 (also CPU autocast) | fp16 (CUDA)
     train_limit: int | None = None  # seeded subsample of train rows (stated in outputs)
     seed: int = 0
     threshold_objective: str = "f1"  # f1 | accuracy | youden | argmax (0.5, as the paper)
@@ -368,7 +369,7 @@ class SFTDetector(Detector):
         from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                                   set_seed)
 
-        from llmad.models import pick_device_dtype
+        from llmad.models import training_precision
         from llmad.render import resolve_template
 
         cfg = self.config
@@ -385,7 +386,7 @@ class SFTDetector(Detector):
             hf_logging.set_verbosity_error()  # no load reports / shard bars in quiet runs
             hf_logging.disable_progress_bar()
         set_seed(cfg.seed)
-        device, _dtype, mp = pick_device_dtype()
+        device, mp = training_precision(cfg.precision)
         t_start = time.perf_counter()
 
         model, self.tokenizer_, location = self._load_base()

@@ -231,3 +231,22 @@ def test_auto_max_length_fits_the_longest_train_job(tiny, tmp_path):
     assert budget == det.config.max_length and ids == det._encode(texts, budget)
     det.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "detector.json").read_text())["max_length"] == det.config.max_length
+
+
+def test_precision_bf16_trains_under_cpu_autocast_and_bad_choices_fail(tiny, tmp_path):
+    train, val = synthetic_jobs(64), synthetic_jobs(32, 1)
+    runs = {}
+    for prec in ("fp32", "bf16"):
+        det = SFTDetector(quick_cfg(tiny, epochs=1, precision=prec)).fit(train, val, output_dir=tmp_path / prec,
+                                                                         printer=lambda s: None)
+        runs[prec] = det
+    assert runs["bf16"].train_info_["mixed_precision"] == {"bf16": True, "fp16": False}
+    assert runs["fp32"].train_info_["mixed_precision"] == {"bf16": False, "fp16": False}
+    a, b = runs["fp32"].score(val), runs["bf16"].score(val)
+    assert np.isfinite(b).all()
+    # Same seed, same rows: only the autocast numerics differ, so the weights (and scores) differ a little.
+    assert 0 < np.abs(a - b).max() < 0.2
+    with pytest.raises(LlmadError, match="fp16 needs a CUDA"):
+        SFTDetector(quick_cfg(tiny, precision="fp16")).fit(train, None, output_dir=tmp_path / "x")
+    with pytest.raises(LlmadError, match="--precision"):
+        SFTDetector(quick_cfg(tiny, precision="fp8")).fit(train, None, output_dir=tmp_path / "y")
