@@ -791,7 +791,7 @@ class ICLDetector(Detector):
         from trl import SFTConfig, SFTTrainer
 
         from llmad.detectors.icl_models import context_window
-        from llmad.models import pick_device_dtype
+        from llmad.models import pick_device_dtype, time_budget_callback
 
         cfg = self.config
         saved_demos = self.demos_
@@ -838,7 +838,7 @@ class ICLDetector(Detector):
                              dataloader_num_workers=0, disable_tqdm=True, use_cpu=(device == "cpu"),
                              gradient_checkpointing=False)
             ds = Dataset.from_pandas(ex[["prompt", "completion"]], preserve_index=False)
-            callbacks = [_TimeBudget(cfg.train_budget_s)] if cfg.train_budget_s else None
+            callbacks = [time_budget_callback(cfg.train_budget_s)] if cfg.train_budget_s else None
             trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=self.lm_.tokenizer,
                                  peft_config=None if continuing else lora, callbacks=callbacks)
             result = trainer.train()
@@ -913,32 +913,6 @@ class ICLDetector(Detector):
             arr = load_file(str(path / "pool.safetensors"))
             det.pool_ = {**arr, "texts": state["pool_texts"]}
         return det
-
-
-def _time_budget_callback():
-    from transformers import TrainerCallback
-
-    class TimeBudget(TrainerCallback):
-        """Stops training once ``seconds`` have passed (checked after each optimizer step)."""
-
-        def __init__(self, seconds: float):
-            import time
-
-            self.seconds = seconds
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            import time
-
-            if time.perf_counter() - self.start > self.seconds:
-                control.should_training_stop = True
-            return control
-
-    return TimeBudget
-
-
-def _TimeBudget(seconds: float):  # noqa: N802 (a class factory: transformers is imported lazily)
-    return _time_budget_callback()(seconds)
 
 
 # ---------------------------------------------------------------- end-to-end run (CLI and bench)

@@ -210,28 +210,20 @@ def _is_sft_dir(path: str | Path) -> bool:
 
 
 class _ValidationLine:
-    """A ``TrainerCallback``-compatible object printing one line per evaluation and stopping on a time budget."""
+    """A ``TrainerCallback``-compatible object printing one line per evaluation."""
 
     def __new__(cls, *a, **k):  # built lazily so that importing this module never imports transformers
         from transformers import TrainerCallback
 
         class ValidationLine(TrainerCallback):
-            def __init__(self, printer: Callable[[str], None], max_time_s: float | None):
-                self.printer, self.max_time_s, self.t0, self.paused = printer, max_time_s, time.monotonic(), False
+            def __init__(self, printer: Callable[[str], None]):
+                self.printer = printer
 
             def on_evaluate(self, args, state, control, metrics=None, **kw):
                 if metrics and state.is_world_process_zero:
                     keys = [("loss", "eval_loss"), ("acc", "eval_accuracy"), ("f1", "eval_f1"), ("auc", "eval_roc_auc")]
                     parts = [f"{k} {metrics[m]:.4f}" for k, m in keys if m in metrics]
                     self.printer(f"epoch {state.epoch:.2f} step {state.global_step}: validation " + " ".join(parts))
-
-            def on_step_end(self, args, state, control, **kw):
-                if self.max_time_s is not None and time.monotonic() - self.t0 > self.max_time_s:
-                    # Save only (a validation pass can cost minutes); resume continues from this step.
-                    self.paused = True
-                    control.should_training_stop = True
-                    control.should_save = True
-                return control
 
         return ValidationLine(*a, **k)
 
@@ -369,7 +361,7 @@ class SFTDetector(Detector):
         from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                                   set_seed)
 
-        from llmad.models import training_precision
+        from llmad.models import time_budget_callback, training_precision
         from llmad.render import resolve_template
 
         cfg = self.config
@@ -434,8 +426,8 @@ class SFTDetector(Detector):
             dataloader_num_workers=0, save_only_model=False,
             ddp_find_unused_parameters=False,
         )
-        line = _ValidationLine(printer, cfg.max_time_s)
-        callbacks = [line]
+        budget = time_budget_callback(cfg.max_time_s, save=True)
+        callbacks = [_ValidationLine(printer), budget]
         if val_ds is not None and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
@@ -451,7 +443,7 @@ class SFTDetector(Detector):
         t1 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume_from)
         train_s = time.perf_counter() - t1
-        self.paused_ = bool(line.paused)
+        self.paused_ = bool(budget.paused)
         if output_dir is None and not self.paused_:
             shutil.rmtree(out, ignore_errors=True)  # our own temp checkpoints: nothing to resume from
         self.trainer_state_ = {"global_step": trainer.state.global_step, "epoch": trainer.state.epoch,
