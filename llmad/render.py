@@ -50,14 +50,20 @@ def compact_num(v: Any) -> str:
 
 
 def ratio(v: Any) -> str:
-    """A relative value as a short string (``2.3x``), ``na`` when missing."""
+    """A relative value as a short string (``1.03x``), ``na`` when missing.
+
+    Two decimals below 10: the anomalies Flow-Bench injects (CPU / disk contention on a node) often move a host's
+    or a job's ratio by a few percent (montage: median host slowness 1.03 for anomalous jobs vs 1.00), and one
+    decimal rounded that away (ROC-AUC of montage's host slowness 0.69 raw, 0.65 at one decimal, 0.69 at two).
+    Same WordPiece token count as one decimal ("1", ".", "03", "##x").
+    """
     try:
         f = float(v)
     except (TypeError, ValueError):
         return "na"
     if math.isnan(f) or math.isinf(f):
         return "na"
-    return f"{f:.1f}x" if f < 10 else f"{f:.0f}x"
+    return f"{f:.2f}x" if f < 10 else f"{f:.0f}x"
 
 
 def isnan(v: Any) -> bool:
