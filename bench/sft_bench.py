@@ -113,7 +113,9 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
         "test_accuracy_argmax": m["test_argmax"]["accuracy"], "test_f1_argmax": m["test_argmax"]["f1"],
         "threshold": m["threshold"], "threshold_objective": m["threshold_objective"],
         "inference_jobs_per_s": m["inference_jobs_per_s"], "peak_rss_mb": m["peak_rss_mb"],
-        "part_limit": data.limit, "sizes": m["sizes"], "precision": sft.precision, "run_dir": _rel(out), "torch_threads": _threads(),
+        "part_limit": data.limit, "sizes": m["sizes"], "precision": sft.precision,
+        # The context template's ratios: 1 decimal before commit "ratio filter: two decimals", 2 after.
+        **({"ratio_decimals": 2} if sft.template == "context" else {}), "run_dir": _rel(out), "torch_threads": _threads(),
         **(extra or {}),
     }
     save_result(key, rec)
@@ -137,9 +139,11 @@ def _threads() -> int:
 def task_paper(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs,
                   lr=a.lr or LLMAD_RECIPE.lr, init_from=a.init_from, freeze=a.freeze or LLMAD_RECIPE.freeze,
-                  max_length=96 if a.template == "context" else LLMAD_RECIPE.max_length)
+                  max_length=96 if a.template == "context" else LLMAD_RECIPE.max_length, precision=a.precision)
     data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper", limit=a.limit)
     key = f"paper/{a.workflow}/{a.model}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
+    if a.precision != "auto":
+        key += f"/{a.precision}"
     extra = None
     if a.init_from:
         # Continued training: the record says from which run, so the epoch count is read as a total.
@@ -226,6 +230,7 @@ def task_runsplit(a) -> int:
         key += f"/parts{a.limit}"
     if a.precision != "auto":
         key += f"/{a.precision}"
+    key += a.tag
     rec = run_chunked(key, data, sft, a.chunk)
     sfx = f"/parts{a.limit}" if a.limit and a.limit != 1500 else ""
     if rec is not None and not any(k.startswith(f"baseline/{a.workflow}/") and k.endswith(f"-context{sfx}")
@@ -318,6 +323,12 @@ def task_transfer(a) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _tmpl(r: dict) -> str:
+    """Template name; context records from before the two-decimal ratio rendering say so."""
+    t = r.get("template", "")
+    return t + (" (1-dec ratios)" if t == "context" and r.get("ratio_decimals", 1) == 1 else "")
+
+
 def _f(v, nd=4):
     return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
@@ -338,7 +349,7 @@ def render_report(res: dict) -> None:
             # A continued run: epochs before + this run's, training seconds of both.
             ep = (f"{_f(r['epochs_before'], 0)} + {_f(r['epochs_done'], 0)} (freeze {r['freeze']})"
                   if r.get("continued_from") else _f(r['epochs_done'], 2))
-            md.append(f"| {r['workflow']} | {r['model']} | {r['template']} | {r['train_rows']} | "
+            md.append(f"| {r['workflow']} | {r['model']} | {_tmpl(r)} | {r['train_rows']} | "
                       f"{ep} | {_f(r['test_accuracy'])} | {_f(r['test_f1'])} | "
                       f"{_f(r['test_accuracy_argmax'])} | {_f(r['test_f1_argmax'])} | {_f(r['test_roc_auc'])} | "
                       f"{_f(r['train_s_total'] + r.get('train_s_before', 0), 0)} | {_f(r['inference_jobs_per_s'], 0)} | "
@@ -386,7 +397,7 @@ def render_report(res: dict) -> None:
                "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(runsplit, key=lambda r: (r["workflow"], r.get("part_limit") or 0,
                                                  r.get("method", r.get("template", "")))):
-            name = r.get("method") or f"sft {r['template']}"
+            name = r.get("method") or f"sft {_tmpl(r)}"
             test_n = (r.get("sizes") or {}).get("test", r.get("part_limit") or "")
             md.append(f"| {r['workflow']} | {name} | {r.get('train_rows', '')} | {test_n} | "
                       f"{_f(r.get('epochs_done'), 2) if 'epochs_done' in r else ''} | {r.get('precision', 'fp32' if 'template' in r else '')} | "
@@ -426,7 +437,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: llmad's recipe)")
     ap.add_argument("--freeze", default=None, help="freezing strategy (paper task; default: llmad's recipe)")
     ap.add_argument("--init-from", default=None, help="continue from a saved model folder (paper task)")
-    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (SFTConfig.precision; runsplit task)")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (SFTConfig.precision; paper and runsplit tasks)")
+    ap.add_argument("--tag", default="", help="suffix of the runsplit result key (e.g. /ratio2: beside older records)")
     ap.add_argument("--chunk", type=float, default=480.0, help="training seconds per call (< 10 min with setup)")
     ap.add_argument("--first", default="1000genome")
     ap.add_argument("--second", default="montage")
