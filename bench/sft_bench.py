@@ -113,7 +113,7 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
         "test_accuracy_argmax": m["test_argmax"]["accuracy"], "test_f1_argmax": m["test_argmax"]["f1"],
         "threshold": m["threshold"], "threshold_objective": m["threshold_objective"],
         "inference_jobs_per_s": m["inference_jobs_per_s"], "peak_rss_mb": m["peak_rss_mb"],
-        "part_limit": data.limit, "sizes": m["sizes"], "precision": sft.precision,
+        "part_limit": data.limit, "sizes": m["sizes"], "precision": sft.precision, "class_weight": sft.class_weight,
         # The context template's ratios: 1 decimal before commit "ratio filter: two decimals", 2 after.
         **({"ratio_decimals": 2} if sft.template == "context" else {}), "run_dir": _rel(out), "torch_threads": _threads(),
         **(extra or {}),
@@ -223,13 +223,17 @@ def task_infer(a) -> int:
 def task_runsplit(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs,
                   max_length=96 if a.template == "context" else (512 if a.template == "paper" else 64),
-                  precision=a.precision)
+                  precision=a.precision, class_weight=a.class_weight)
     data = DataConfig(spec=f"flowbench:{a.workflow}", split="run", limit=a.limit)
     key = f"runsplit/{a.workflow}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
     if a.limit and a.limit != 1500:  # the first runs used 1,500-job parts; other part sizes get their own key
         key += f"/parts{a.limit}"
     if a.precision != "auto":
         key += f"/{a.precision}"
+    if a.class_weight != "none":
+        key += f"/cw-{a.class_weight}"
+    if a.epochs != LLMAD_RECIPE.epochs:
+        key += f"/ep{a.epochs:g}"
     key += a.tag
     rec = run_chunked(key, data, sft, a.chunk)
     sfx = f"/parts{a.limit}" if a.limit and a.limit != 1500 else ""
@@ -438,6 +442,7 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze", default=None, help="freezing strategy (paper task; default: llmad's recipe)")
     ap.add_argument("--init-from", default=None, help="continue from a saved model folder (paper task)")
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (SFTConfig.precision; paper and runsplit tasks)")
+    ap.add_argument("--class-weight", default="none", help="none | balanced (SFTConfig.class_weight; runsplit)")
     ap.add_argument("--tag", default="", help="suffix of the runsplit result key (e.g. /ratio2: beside older records)")
     ap.add_argument("--chunk", type=float, default=480.0, help="training seconds per call (< 10 min with setup)")
     ap.add_argument("--first", default="1000genome")

@@ -46,6 +46,9 @@ def sft(
     precision: Optional[str] = typer.Option(None, "--precision",
                                             help="auto | fp32 | bf16 | fp16 [auto: CUDA bf16/fp16, CPU fp32; "
                                                  "bf16 on an AMX/AVX512-BF16 CPU trains ~1.5x faster]"),
+    class_weight: Optional[str] = typer.Option(None, "--class-weight",
+                                               help="none | balanced (weight the loss by inverse class frequency) "
+                                                    "[none]"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="allow model code from the hub"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML with data:/sft: sections (options override)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
@@ -70,6 +73,7 @@ def sft(
                          "prefix_augment": prefix_augment, "max_steps": max_steps, "eval_steps": eval_steps,
                          "early_stopping_patience": patience, "max_time_s": max_time, "train_limit": train_limit,
                          "threshold_objective": threshold, "seed": seed, "precision": precision,
+                         "class_weight": class_weight,
                          "trust_remote_code": trust_remote_code or None, "progress": False if quiet else None})
     parse_freeze(s.freeze)
     if s.precision not in PRECISIONS:

@@ -84,6 +84,7 @@ class SFTConfig:
     max_steps: int = -1  # > 0 overrides epochs (smoke runs)
     max_time_s: float | None = None  # stop after this long with a checkpoint; continue later with resume
     precision: str = "auto"  # auto (CUDA bf16/fp16, CPU fp32) | fp32 | bf16 (also CPU autocast) | fp16 (CUDA)
+    class_weight: str = "none"  # none | balanced (cross-entropy weighted by inverse class frequency of train)
     train_limit: int | None = None  # seeded subsample of train rows (stated in outputs)
     seed: int = 0
     threshold_objective: str = "f1"  # f1 | accuracy | youden | argmax (0.5, as the paper)
@@ -228,6 +229,30 @@ class _ValidationLine:
         return ValidationLine(*a, **k)
 
 
+def _class_weighted_loss(labels: np.ndarray):
+    """(loss function for ``Trainer(compute_loss_func=...)``, the weights): cross-entropy with class weights
+    n / (2 n_c), so both classes weigh the same and the mean weight over train is 1 (the loss keeps its scale).
+    Why: with few positives (montage: 20%) an encoder settles on the prior early; weighting keeps the minority's
+    gradient as large as the majority's."""
+    import torch
+
+    y = np.asarray(labels).astype(int)
+    counts = np.bincount(y, minlength=2)
+    if (counts == 0).any():
+        raise LlmadError("class_weight balanced needs both labels in the training rows")
+    w = (len(y) / (2.0 * counts)).tolist()
+    weight = torch.tensor(w, dtype=torch.float32)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        total = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight.to(logits.device),
+                                                  reduction="sum")
+        # Trainer passes the batch's label count when it normalizes for gradient accumulation itself.
+        return total / (num_items_in_batch if num_items_in_batch else labels.numel())
+
+    return loss, [round(v, 4) for v in w]
+
+
 def _compute_metrics(eval_pred) -> dict[str, float]:
     from sklearn import metrics as skm
 
@@ -369,6 +394,8 @@ class SFTDetector(Detector):
         if cfg.lora < 0 or cfg.epochs <= 0 or cfg.batch_size <= 0 or (cfg.max_length is not None
                                                                          and cfg.max_length < 8):
             raise LlmadError("need lora >= 0, epochs > 0, batch size > 0 and max length >= 8")
+        if cfg.class_weight not in ("none", "balanced"):
+            raise LlmadError(f"class weight {cfg.class_weight!r}: expected none|balanced")
         if cfg.threshold_objective not in ("f1", "accuracy", "youden", "argmax"):
             raise LlmadError(f"threshold objective {cfg.threshold_objective!r}: expected f1|accuracy|youden|argmax")
         parse_freeze(cfg.freeze)
@@ -430,9 +457,11 @@ class SFTDetector(Detector):
         callbacks = [_ValidationLine(printer), budget]
         if val_ds is not None and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        loss_fn, weights = _class_weighted_loss(tr["label"].to_numpy()) if cfg.class_weight == "balanced" else (
+            None, None)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           data_collator=DataCollatorWithPadding(self.tokenizer_),
-                          processing_class=self.tokenizer_,
+                          processing_class=self.tokenizer_, compute_loss_func=loss_fn,
                           compute_metrics=_compute_metrics if val_ds is not None else None, callbacks=callbacks)
         resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
         if resume and resume_from is None:
@@ -475,7 +504,8 @@ class SFTDetector(Detector):
             # this process's own steps only (a resumed run did the earlier ones in another process)
             "samples_seen_per_s": float((steps - start_step) * cfg.batch_size * int(args.world_size)
                                         / max(train_s, 1e-9)),
-            "device": device, "mixed_precision": mp, "world_size": int(args.world_size), **freeze_info,
+            "device": device, "mixed_precision": mp, "class_weights": weights, "world_size": int(args.world_size),
+            **freeze_info,
             "resumed_from": resume_from, "paused": self.paused_, "prefix_augment": self.prefix_kind_,
         }
         if self.paused_:

@@ -250,3 +250,28 @@ def test_precision_bf16_trains_under_cpu_autocast_and_bad_choices_fail(tiny, tmp
         SFTDetector(quick_cfg(tiny, precision="fp16")).fit(train, None, output_dir=tmp_path / "x")
     with pytest.raises(LlmadError, match="--precision"):
         SFTDetector(quick_cfg(tiny, precision="fp8")).fit(train, None, output_dir=tmp_path / "y")
+
+
+def test_balanced_class_weight_lifts_the_minority_and_is_recorded(tiny, tmp_path):
+    from llmad.detectors.sft import _class_weighted_loss
+
+    import torch
+
+    loss, w = _class_weighted_loss(np.array([0, 0, 0, 1]))
+    assert w == [pytest.approx(2 / 3, abs=1e-4), 2.0]  # n / (2 n_c): mean weight over the rows is 1
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([1, 0])
+    plain = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert float(loss({"logits": logits}, y)) == pytest.approx(float((plain * torch.tensor([2.0, 2 / 3])).mean()),
+                                                               rel=1e-5)
+    jobs = synthetic_jobs(96)
+    jobs["label"] = (np.arange(len(jobs)) % 6 == 0).astype(int)  # 1 in 6 anomalous
+    scores = {}
+    for cw in ("none", "balanced"):
+        det = SFTDetector(quick_cfg(tiny, epochs=2, class_weight=cw)).fit(jobs, None, output_dir=tmp_path / cw,
+                                                                          printer=lambda s: None)
+        scores[cw] = det.score(jobs)
+    assert det.train_info_["class_weights"] == [0.6, 3.0]
+    # Weighting moves the learned prior towards the minority class.
+    assert scores["balanced"].mean() > scores["none"].mean() + 0.05
+    with pytest.raises(LlmadError, match="class weight"):
+        SFTDetector(quick_cfg(tiny, class_weight="auto")).fit(jobs, None, output_dir=tmp_path / "x")
