@@ -390,7 +390,9 @@ def render_report(res: dict) -> None:
                "random forest 0.830), ROC-AUC 0.927, vs 0.8035 / 0.6853 / 0.883 for the same recipe with one-decimal "
                "ratios in fp32. A second (continued) epoch on 24,000 rows adds little (argmax 0.8407, F1 at the validation "
                "threshold 0.7818, ROC-AUC 0.929). Against the random forest (0.830 accuracy at its validation "
-               "threshold): above it at argmax, just below it at the validation-F1 threshold (0.8272 / 0.8289).", ""]
+               "threshold; plain features, the issue's anchor): above it at argmax, just below it at the validation-F1 "
+               "threshold (0.8272 / 0.8289). The trees given the same context features are far ahead on this split "
+               "(rf-context accuracy 0.917, F1 0.874; bench/results/baselines.md).", ""]
     speed = {r["recipe"]: r for k, r in res.items() if k.startswith("speed/")}
     if speed:
         md += ["## 3. Speed: the paper's recipe vs llmad's default, same model (minilm), same train rows", "",
