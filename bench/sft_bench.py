@@ -140,11 +140,14 @@ def _threads() -> int:
 def task_paper(a) -> int:
     sft = replace(LLMAD_RECIPE, model=a.model, template=a.template, train_limit=a.train_limit, epochs=a.epochs,
                   lr=a.lr or LLMAD_RECIPE.lr, init_from=a.init_from, freeze=a.freeze or LLMAD_RECIPE.freeze,
-                  max_length=96 if a.template == "context" else LLMAD_RECIPE.max_length, precision=a.precision)
+                  max_length=96 if a.template == "context" else LLMAD_RECIPE.max_length, precision=a.precision,
+                  class_weight=a.class_weight)
     data = DataConfig(spec=f"flowbench:{a.workflow}", split="paper", limit=a.limit)
     key = f"paper/{a.workflow}/{a.model}/{a.template}" + (f"/limit{a.train_limit}" if a.train_limit else "")
     if a.precision != "auto":
         key += f"/{a.precision}"
+    if a.class_weight != "none":
+        key += f"/cw-{a.class_weight}"
     extra = None
     if a.init_from:
         # Continued training: the record says from which run, so the epoch count is read as a total.
@@ -473,7 +476,7 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze", default=None, help="freezing strategy (paper task; default: llmad's recipe)")
     ap.add_argument("--init-from", default=None, help="continue from a saved model folder (paper task)")
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 (SFTConfig.precision; paper and runsplit tasks)")
-    ap.add_argument("--class-weight", default="none", help="none | balanced (SFTConfig.class_weight; runsplit)")
+    ap.add_argument("--class-weight", default="none", help="none | balanced (SFTConfig.class_weight; paper, runsplit)")
     ap.add_argument("--tag", default="", help="suffix of the runsplit result key (e.g. /ratio2: beside older records)")
     ap.add_argument("--chunk", type=float, default=480.0, help="training seconds per call (< 10 min with setup)")
     ap.add_argument("--first", default="1000genome")
