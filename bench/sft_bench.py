@@ -395,7 +395,9 @@ def render_report(res: dict) -> None:
                "threshold 0.7818, ROC-AUC 0.929). Against the random forest (0.830 accuracy at its validation "
                "threshold; plain features, the issue's anchor): above it at argmax, just below it at the validation-F1 "
                "threshold (0.8272 / 0.8289). The trees given the same context features are far ahead on this split "
-               "(rf-context accuracy 0.917, F1 0.874; bench/results/baselines.md).", ""]
+               "(rf-context accuracy 0.917, F1 0.874; bench/results/baselines.md). montage / predict_future_sales with "
+               "two-decimal ratios, 6,000 rows x 2 epochs, bf16, `--class-weight balanced` did not learn either "
+               "(montage ROC-AUC 0.42, F1 0.337 = flag everything; predict_future_sales ROC-AUC 0.747, F1 0.486).", ""]
     speed = {r["recipe"]: r for k, r in res.items() if k.startswith("speed/")}
     if speed:
         md += ["## 3. Speed: the paper's recipe vs llmad's default, same model (minilm), same train rows", "",
