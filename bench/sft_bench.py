@@ -350,6 +350,14 @@ RUNSPLIT_NOTES = (
 )
 
 
+def _prec(r: dict) -> str:
+    """Training precision of an SFT record as run here (CPU: ``auto`` is fp32); empty for baseline records."""
+    if "template" not in r:
+        return ""
+    p = r.get("precision", "auto")
+    return "fp32" if p == "auto" else p
+
+
 def _tmpl(r: dict) -> str:
     """Template name; context records from before the two-decimal ratio rendering say so."""
     t = r.get("template", "")
@@ -377,7 +385,7 @@ def render_report(res: dict) -> None:
             ep = (f"{_f(r['epochs_before'], 0)} + {_f(r['epochs_done'], 0)} (freeze {r['freeze']})"
                   if r.get("continued_from") else _f(r['epochs_done'], 2))
             md.append(f"| {r['workflow']} | {r['model']} | {_tmpl(r)} | {r['train_rows']} | "
-                      f"{ep} | { {'auto': 'fp32'}.get(r.get('precision', 'auto'), r.get('precision'))} | "
+                      f"{ep} | {_prec(r)} | "
                       f"{_f(r['test_accuracy'])} | {_f(r['test_f1'])} | "
                       f"{_f(r['test_accuracy_argmax'])} | {_f(r['test_f1_argmax'])} | {_f(r['test_roc_auc'])} | "
                       f"{_f(r['train_s_total'] + r.get('train_s_before', 0), 0)} | {_f(r['inference_jobs_per_s'], 0)} | "
@@ -439,7 +447,7 @@ def render_report(res: dict) -> None:
             test_n = (r.get("sizes") or {}).get("test", r.get("part_limit") or "")
             md.append(f"| {r['workflow']} | {name} | {r.get('train_rows', '')} | {test_n} | "
                       f"{_f(r.get('epochs_done'), 2) if 'epochs_done' in r else ''} | "
-                      f"{ {'auto': 'fp32'}.get(r.get('precision'), r.get('precision')) or ('fp32' if 'template' in r else '')} | "
+                      f"{_prec(r)} | "
                       f"{r.get('class_weight', 'none' if 'template' in r else '')} | "
                       f"{_f(r['test_accuracy'])} | {_f(r['test_f1'])} | {_f(r.get('test_roc_auc'))} |")
         md += ["", RUNSPLIT_NOTES, ""]

@@ -104,6 +104,15 @@ def smollm2_folder() -> Path:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` when it is a known name; else a one-line error listing the names."""
+    from llmad.errors import LlmadError
+
+    if precision not in PRECISIONS:
+        raise LlmadError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def time_budget_callback(seconds: float | None, save: bool = False):
     """A ``TrainerCallback`` that stops training after ``seconds`` (checked per optimizer step); ``save`` also writes
     a checkpoint there, so ``--resume`` continues from that step. Its ``paused`` attribute says whether it fired."""
@@ -135,8 +144,7 @@ def training_precision(precision: str = "auto") -> tuple[str, dict[str, bool]]:
     """
     from llmad.errors import LlmadError
 
-    if precision not in PRECISIONS:
-        raise LlmadError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     device, _dtype, mp = pick_device_dtype()
     if precision == "fp32":
         return device, {"bf16": False, "fp16": False}

@@ -59,8 +59,7 @@ def sft(
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
     from llmad.config import DataConfig, from_dict, load_yaml, merge
     from llmad.detectors.sft import parse_freeze
-    from llmad.errors import LlmadError
-    from llmad.models import PRECISIONS, resolve_model
+    from llmad.models import check_precision, resolve_model
     from llmad.sft import SFTRunConfig, run_sft
 
     base = from_dict(SFTRunConfig, load_yaml(config), where=config) if config else SFTRunConfig()
@@ -76,8 +75,7 @@ def sft(
                          "class_weight": class_weight,
                          "trust_remote_code": trust_remote_code or None, "progress": False if quiet else None})
     parse_freeze(s.freeze)
-    if s.precision not in PRECISIONS:
-        raise LlmadError(f"--precision {s.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(s.precision)  # before any data is loaded
     if not s.init_from:
         resolve_model(s.model)  # offline hub ids fail here, before any data is loaded
     cfg = SFTRunConfig(data=d, sft=s, out=out or base.out, resume=resume,
