@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmad.baseline import run_baseline
+from llmad.api.baseline import run_baseline
 from llmad.config import DataConfig
 from llmad.detectors.baselines import BaselineConfig
 from llmad.io import atomic_write_text, write_frame_csv

@@ -39,10 +39,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmad.detectors.icl import ICLConfig, ICLDetector, parse_label  # noqa: E402
+from llmad.detectors.icl.detector import ICLConfig, ICLDetector, parse_label  # noqa: E402
 from llmad.io import atomic_write_text, provenance, write_json  # noqa: E402
-from llmad.metrics import choose_threshold, classification_report  # noqa: E402
-from llmad.models import cache_dir  # noqa: E402
+from llmad.metrics.classification import choose_threshold, classification_report  # noqa: E402
+from llmad.models.resolve import cache_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PUBLISHED = {"GPT2 (paper)": (0.66, 0.72), "Mistral-7B (paper)": (0.68, 0.78), "Llama2-7B (paper)": (0.65, 0.76)}
@@ -101,7 +101,7 @@ def tune_round(args, split) -> None:
     """One tuning round (< 10 min): round 0 creates the adapter, round r > 0 continues it on new examples."""
     from peft import PeftModel
 
-    from llmad.detectors.icl_models import load_causal_lm
+    from llmad.models.causal_lm import load_causal_lm
 
     adir = state_dir(args) / args.adapter
     exists = (adir / "icl.json").is_file()
@@ -142,7 +142,7 @@ def tuned_lm(args, split, adapter: str):
     """The base model with a saved LoRA adapter (``--phase tune``), merged for scoring."""
     from peft import PeftModel
 
-    from llmad.detectors.icl_models import load_causal_lm
+    from llmad.models.causal_lm import load_causal_lm
 
     adir = state_dir(args) / adapter
     lm = load_causal_lm("smollm2-135m")
@@ -175,7 +175,7 @@ def table_phase(args) -> None:
     t0 = time.perf_counter()
     split, test, val = load_split(args)
     log_invocation(args, "table")
-    from llmad.detectors.icl_models import load_causal_lm
+    from llmad.models.causal_lm import load_causal_lm
 
     cells = [(n, k, s, tuned) for tuned in ("", args.adapter) for (n, k, s) in CONFIGS]
     if args.cells == "base":
@@ -331,7 +331,7 @@ def report(args) -> None:
 
 def speed_phase(args) -> None:
     """Prefix cache vs naive prompting, interleaved batch by batch so both see the same machine load."""
-    from llmad.detectors.icl_models import load_causal_lm
+    from llmad.models.causal_lm import load_causal_lm
 
     t0 = time.perf_counter()
     split, test, _ = load_split(args)

@@ -44,7 +44,7 @@ PRETRAIN = {
 
 def _child(cfg_dict: dict, q) -> None:
     try:
-        from llmad.numeric import NumericConfig, run_numeric
+        from llmad.api.numeric import NumericConfig, run_numeric
 
         q.put(("ok", run_numeric(NumericConfig(**cfg_dict))))
     except Exception as e:  # keep the benchmark going; the failure is recorded
@@ -103,7 +103,7 @@ def methods_for(ds: str) -> list[dict]:
 
 
 def cmd_pretrain(args) -> None:
-    from llmad.numeric import pretrain_moment
+    from llmad.api.numeric import pretrain_moment
 
     rows = []
     for ds in args.datasets:

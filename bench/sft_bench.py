@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmad.config import DataConfig  # noqa: E402
-from llmad.detectors.sft import SFTConfig  # noqa: E402
+from llmad.detectors.sft.detector import SFTConfig  # noqa: E402
 from llmad.io import write_frame_csv, write_json, atomic_write_text, provenance  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -74,7 +74,7 @@ def chunk_state(out: Path) -> dict:
 def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
                 extra: dict | None = None) -> dict | None:
     """One chunk of a resumable run_sft; returns the finished record or None when paused."""
-    from llmad.sft import SFTRunConfig, run_sft
+    from llmad.api.sft import SFTRunConfig, run_sft
 
     out = RUNS / key.replace("/", "__")
     state = chunk_state(out)
@@ -180,7 +180,7 @@ def task_infer(a) -> int:
     import torch
 
     from llmad.data import load_split
-    from llmad.detectors.sft import SFTDetector
+    from llmad.detectors.sft.detector import SFTDetector
 
     res = load_results()
     keys = {n: f"speed/{a.workflow}/{n}/limit{a.train_limit}" for n in ("paper", "llmad")}
@@ -251,7 +251,7 @@ def baseline_context(workflow: str, limit: int | None, train_limit: int | None, 
     """`llmad baseline --features context` (gradient boosting, random forest) on the same rows as the SFT runs."""
     from llmad.data import load_split
     from llmad.detectors.baselines import BaselineDetector
-    from llmad.metrics import classification_report
+    from llmad.metrics.classification import classification_report
 
     split = load_split(f"flowbench:{workflow}", split="run", context=True, limit=limit)
     train = split.train
@@ -292,7 +292,7 @@ def task_forget(a) -> int:
 
 
 def _eval_on(model_dir: Path, workflow: str, acc_key: str, f1_key: str, limit: int | None = None) -> dict:
-    from llmad.sft import run_predict
+    from llmad.api.sft import run_predict
 
     r = run_predict(model_dir, f"flowbench:{workflow}", split="run", part="test", limit=limit,
                     out=RUNS / "predict" / f"{model_dir.parent.name}-on-{workflow}")

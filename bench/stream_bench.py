@@ -129,7 +129,7 @@ def cmd_sft_train(a) -> None:
     seeded train subsample (``--train-limit`` jobs of ``--train-runs`` train runs)."""
     import torch
 
-    from llmad.detectors.sft import SFTConfig, SFTDetector
+    from llmad.detectors.sft.detector import SFTConfig, SFTDetector
 
     torch.set_num_threads(a.threads)
     spec = f"flowbench:{a.workflow}"
@@ -167,7 +167,7 @@ def cmd_detect_sft(a) -> None:
     import torch
 
     from llmad.detectors import load_detector
-    from llmad.detectors.sft_fast import with_backend
+    from llmad.detectors.sft.fast import with_backend
 
     torch.set_num_threads(a.threads)
     spec = f"flowbench:{a.workflow}"
@@ -222,7 +222,7 @@ def cmd_throughput(a) -> None:
     from transformers import pipeline
 
     from llmad.detectors import load_detector
-    from llmad.detectors.sft_fast import FastSFT
+    from llmad.detectors.sft.fast import FastSFT
 
     spec = "flowbench:casa_nowcast_full"
     members = sorted(m[0] for m in list_run_members(spec))
@@ -442,7 +442,7 @@ def cmd_report(a) -> None:
         lines.append("")
     lines += ["## Notes", "",
               "- Throughput (acceptance 2). What changed since the first measurement (torch fp32, 215 events/s at "
-              "load 2.9): (1) SFT scoring goes through `llmad.detectors.sft_fast` (`--backend auto`): bf16 autocast, "
+              "load 2.9): (1) SFT scoring goes through `llmad.detectors.sft.fast` (`--backend auto`): bf16 autocast, "
               "which on this CPU (AMX-BF16) runs MiniLM ~2x faster per core than fp32 (probe table: ~330 vs ~164 "
               "sentences per CPU-second at load 7; ~450 vs ~180 at load ~2) with scores within 0.004 of fp32; "
               "(2) small length-sorted batches of 64 in fixed shapes (width rounded up to a multiple of 8, short "
@@ -537,7 +537,7 @@ def main() -> None:
     ds.add_argument("--features", action="store_true", help="also the features reveal (= --modes events,features)")
     ds.add_argument("--modes", default="events", help="events,features: which replays to run")
     ds.add_argument("--train-limit", type=int, default=1500, help="which sft-train model (its --train-limit)")
-    ds.add_argument("--backend", default="auto", help="SFT scoring backend (llmad.detectors.sft_fast)")
+    ds.add_argument("--backend", default="auto", help="SFT scoring backend (llmad.detectors.sft.fast)")
     ds.add_argument("--threads", type=int, default=1)
     t = sub.add_parser("throughput")
     t.add_argument("--model", required=True)

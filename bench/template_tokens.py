@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from llmad.data.context import add_context_features
 from llmad.data.flowbench import load_jobs
 from llmad.io import atomic_write_text
-from llmad.models import resolve_model
+from llmad.models.resolve import resolve_model
 from llmad.render import render_jobs, token_counts
 
 

@@ -1,6 +1,6 @@
 """Typed config dataclasses shared by the CLI, the Python API and recipes (a YAML maps 1:1 onto them).
 
-Method-specific configs live beside their method (``SFTConfig`` in ``llmad.detectors.sft`` ...) and
+Method-specific configs live beside their method (``SFTConfig`` in ``llmad.detectors.sft.detector`` ...) and
 use the same helpers: ``from_dict`` rejects unknown keys loudly, ``merge`` applies CLI overrides.
 """
 from __future__ import annotations
@@ -37,6 +37,27 @@ class TemplateConfig:
 
     name: str = "paper"
     causal: bool = False  # context template: only peers finished before this job's event time
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+           flag: str | None = None, cli: bool = True) -> Any:
+    """A config field whose ``help`` is the one text shown by ``--help``, recipes docs and error messages.
+
+    ``flag`` overrides the CLI flag name (default ``--`` + the field name with ``_`` -> ``-``); ``cli=False`` marks a
+    field that is set from recipes/API only (it then needs no CLI option).
+    """
+    meta = {"help": help, "flag": flag, "cli": cli}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of config field ``name`` of dataclass ``cls`` (empty when none was given)."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
@@ -80,5 +101,5 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["DataConfig", "TemplateConfig", "from_dict", "merge", "load_yaml", "field"]
+__all__ = ["DataConfig", "TemplateConfig", "from_dict", "merge", "load_yaml", "field", "option", "field_help"]
 _ = types  # keep import for typing.get_type_hints on PEP 604 unions

@@ -75,7 +75,7 @@ def make_tiny_bert(path: Path, layers: int = 2) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from llmad.models import resolve_model
+    from llmad.models.resolve import resolve_model
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm").location)

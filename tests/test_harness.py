@@ -118,7 +118,7 @@ def test_strong_baselines_are_always_added(toy_zip):
 
 
 def test_vectorised_bootstrap_equals_the_foundation_ci():
-    from llmad.metrics import bootstrap_ci
+    from llmad.metrics.classification import bootstrap_ci
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 300)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from llmad.metrics import bootstrap_ci, choose_threshold, classification_report, fpr_at_recall
+from llmad.metrics.classification import bootstrap_ci, choose_threshold, classification_report, fpr_at_recall
 
 
 def test_choose_threshold_maximises_f1_on_validation():

@@ -83,7 +83,7 @@ def test_reproduces_published_test_sentences(genome_jobs):
 def test_compact_uses_far_fewer_tokens(genome_jobs):
     from transformers import AutoTokenizer
 
-    from llmad.models import resolve_model
+    from llmad.models.resolve import resolve_model
     from llmad.render import token_counts
 
     tok = AutoTokenizer.from_pretrained(resolve_model("minilm").location)

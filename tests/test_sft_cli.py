@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from llmad.data.specs import find_data_dir
-from llmad.detectors.sft import latest_checkpoint
+from llmad.detectors.sft.detector import latest_checkpoint
 
 from conftest import make_tiny_bert
 

@@ -89,7 +89,7 @@ def test_replay_cli_bad_input_is_one_line(tmp_path):
 
 def test_replay_cli_sft_model(tmp_path, real_data_dir):
     """A real MiniLM SFT model (two steps of training, prefix-augmented) replayed on two small runs."""
-    from llmad.detectors.sft import SFTConfig, SFTDetector
+    from llmad.detectors.sft.detector import SFTConfig, SFTDetector
     from llmad.stream import iter_runs, list_run_members
 
     spec = "flowbench:eht_imaging"  # 12 jobs per run: keeps MiniLM scoring on 2 CPU cores short

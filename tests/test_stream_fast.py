@@ -1,4 +1,4 @@
-"""Fast SFT scoring backends (llmad.detectors.sft_fast) and the LRU score cache of the replay: a faster backend
+"""Fast SFT scoring backends (llmad.detectors.sft.fast) and the LRU score cache of the replay: a faster backend
 scores within a stated tolerance of torch fp32, falls back when its runtime is absent, and the cache stays bounded."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from llmad.data.flowbench import PAPER_FEATURES
 from llmad.detectors import sft_fast
-from llmad.detectors.sft import SFTConfig, SFTDetector
-from llmad.detectors.sft_fast import FastSFT, pick_backend, with_backend
+from llmad.detectors.sft.detector import SFTConfig, SFTDetector
+from llmad.detectors.sft.fast import FastSFT, pick_backend, with_backend
 from llmad.errors import LlmadError
 from llmad.stream import AlertPolicy, CachedScorer, StreamConfig, make_partial, replay_run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmad.ts_metrics import event_metrics, point_adjust, ts_report
+from llmad.metrics.timeseries import event_metrics, point_adjust, ts_report
 
 
 def _case():

@@ -20,7 +20,7 @@ def baseline(data: str = typer.Option("flowbench:1000genome", "--data", help="Da
              data_dir: Optional[str] = typer.Option(None, "--data-dir"),
              out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/baseline/...).")) -> None:
     """Fit a classical detector on train, threshold on validation, report test metrics."""
-    from llmad.baseline import run_baseline
+    from llmad.api.baseline import run_baseline
     from llmad.config import DataConfig
     from llmad.detectors.baselines import BaselineConfig
 

@@ -50,9 +50,9 @@ def icl(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder [runs/icl/<model>-<k>shot-<time>]"),
 ) -> None:
     """In-context learning with a decoder LLM; metrics on the test part, threshold from validation."""
-    from llmad.detectors.icl import ICLConfig, ICLRun, run_icl
+    from llmad.detectors.icl.detector import ICLConfig, ICLRun, run_icl
     from llmad.errors import LlmadError
-    from llmad.models import resolve_model
+    from llmad.models.resolve import resolve_model
 
     if limit is not None and limit <= 0:
         raise LlmadError("--limit must be positive")

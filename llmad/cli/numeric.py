@@ -2,7 +2,7 @@
 `llmad pretrain moment --data SPEC [--data SPEC ...] --out DIR` and `llmad windows-text --data SPEC --out FILE.csv`.
 
 The numeric track: metric windows from Nezha TrainTicket, SMD, ASD or a CSV, one detector contract, thresholds
-from validation, time-series metrics (``llmad.numeric`` holds the API these commands call).
+from validation, time-series metrics (``llmad.api.numeric`` holds the API these commands call).
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def numeric(method: str = typer.Option("iforest", help="moment | lagllama | lstm
             out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/numeric/...)."),
             ) -> None:
     """Fit a numeric detector on train windows, threshold on validation, report test metrics."""
-    from llmad.numeric import NumericConfig, run_numeric
-    from llmad.runs import default_out
+    from llmad.api.numeric import NumericConfig, run_numeric
+    from llmad.rundir import default_out
 
     cfg = NumericConfig(method=method, data=data, shots=shots, finetune=finetune, model=model, split=split,
                         test_types=[t.strip() for t in test_types.split(",")] if test_types else None,
@@ -63,7 +63,7 @@ def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", help="Data
                         max_windows: int = typer.Option(4000), seed: int = typer.Option(0),
                         data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
     """Masked-reconstruction pretraining of a small MOMENT; load it later with `llmad numeric --model OUT`."""
-    from llmad.numeric import pretrain_moment
+    from llmad.api.numeric import pretrain_moment
 
     res = pretrain_moment(data, out, data_dir=data_dir, seq_len=seq_len, d_model=d_model, n_layers=layers,
                           n_heads=heads, steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio,
@@ -88,7 +88,7 @@ def windows_text(data: str = typer.Option("nezha:trainticket", "--data"),
     from llmad.data.windows import ZScore, make_windows
     from llmad.errors import LlmadError
     from llmad.io import write_frame_csv
-    from llmad.numeric import NumericConfig, load_split, render_windows
+    from llmad.api.numeric import NumericConfig, load_split, render_windows
 
     sp = load_split(NumericConfig(data=data, data_dir=data_dir, split=split, view=view))
     parts = sp.parts()

@@ -58,9 +58,9 @@ def sft(
 ) -> None:
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
     from llmad.config import DataConfig, from_dict, load_yaml, merge
-    from llmad.detectors.sft import parse_freeze
-    from llmad.models import check_precision, resolve_model
-    from llmad.sft import SFTRunConfig, run_sft
+    from llmad.detectors.sft.detector import parse_freeze
+    from llmad.models.resolve import check_precision, resolve_model
+    from llmad.api.sft import SFTRunConfig, run_sft
 
     base = from_dict(SFTRunConfig, load_yaml(config), where=config) if config else SFTRunConfig()
     if config is None:
@@ -97,7 +97,7 @@ def predict(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder [runs/predict/<data>-<time>]"),
 ) -> None:
     """Score jobs with a saved SFT model: predictions.csv, and metrics when labels are present."""
-    from llmad.sft import run_predict
+    from llmad.api.sft import run_predict
 
     run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed, test_workflow=test_workflow,
                 limit=limit, out=out, quantize=int8, printer=typer.echo)

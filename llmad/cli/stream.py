@@ -34,7 +34,7 @@ def replay(
     batch: str = typer.Option("run", "--batch", help="run | step: batch scoring per run or per time step"),
     quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
     backend: str = typer.Option("auto", "--backend",
-                                help="SFT scoring: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft_fast)"),
+                                help="SFT scoring: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft.fast)"),
     workers: int = typer.Option(1, "--workers", help="SFT scoring threads (e.g. 2 on 2 cores: batches in parallel)"),
     out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/replay/...)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no per-run progress lines"),
@@ -79,7 +79,7 @@ def watch(
     # torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that batch-invariant
     # to ~1e-7 (bf16/int8 move scores by ~1e-3/1e-2, which could flip an alert at the threshold after a restart).
     backend: str = typer.Option("torch", "--backend",
-                                help="SFT scoring: torch | auto | bf16 | onnx | onnx-int8 (llmad.detectors.sft_fast)"),
+                                help="SFT scoring: torch | auto | bf16 | onnx | onnx-int8 (llmad.detectors.sft.fast)"),
 ) -> None:
     """Tail a job-update feed; score new/updated jobs; write each job's first alert once (resumes after a kill)."""
     import signal

@@ -48,6 +48,26 @@ class Split:
         return {p: int(len(self.part(p))) for p in ("train", "validation", "test")}
 
 
+def subsample(items: Any, n: int | None, seed: int | np.random.Generator = 0) -> Any:
+    """The one seeded subsample: at most ``n`` of ``items`` (all when ``n`` is None or not smaller).
+
+    A DataFrame keeps pandas' ``sample(random_state=seed)`` order (index reset); a list of ids comes back sorted;
+    an array of row numbers comes back sorted, drawn from ``seed`` (an int or a Generator whose state advances).
+    """
+    if isinstance(items, pd.DataFrame):
+        if n is None or len(items) <= n:
+            return items.reset_index(drop=True)
+        return items.sample(n=n, random_state=seed).reset_index(drop=True)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(items, np.ndarray):
+        if n is None or n >= len(items):
+            return items
+        return np.sort(rng.choice(items, size=n, replace=False))
+    if not n or n >= len(items):
+        return list(items)
+    return sorted(rng.choice(np.asarray(items, dtype=object), size=n, replace=False).tolist())
+
+
 def run_anomaly_type(jobs: pd.DataFrame) -> pd.Series:
     """Per run: its (most common) injected anomaly type, or ``normal``."""
     ab = jobs[jobs["label"] == 1]

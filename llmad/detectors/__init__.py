@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 # detector.json "kind" -> "module:Class" with a ``load(path, **kw)`` classmethod.
-KINDS = {"baseline": "llmad.detectors.baselines:BaselineDetector", "sft": "llmad.detectors.sft:SFTDetector"}
+KINDS = {"baseline": "llmad.detectors.baselines:BaselineDetector", "sft": "llmad.detectors.sft.detector:SFTDetector"}
 
 
 def load_detector(path: str | Path, **kw: Any):

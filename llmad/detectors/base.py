@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from llmad.metrics import choose_threshold
+from llmad.metrics.classification import choose_threshold
 
 
 class Detector:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from llmad.data.windows import WindowSet
-from llmad.detectors.numeric_baselines import WindowDetector, _torch_threads, as_windows, check_finite
+from llmad.detectors.windows import WindowDetector, _torch_threads, as_windows, check_finite
 from llmad.errors import LlmadError, ModelNotFoundError
 
 HUB_ID = "time-series-foundation-models/Lag-Llama"
@@ -233,7 +233,7 @@ class LagLlamaDetector(WindowDetector):
     def _load(self) -> None:
         import torch
 
-        from llmad.models import pick_device_dtype
+        from llmad.models.resolve import pick_device_dtype
 
         _torch_threads()
         torch.manual_seed(self.seed)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from llmad.data.windows import WindowSet
-from llmad.detectors.numeric_baselines import WindowDetector, _torch_threads, as_windows, check_finite
+from llmad.detectors.windows import WindowDetector, _torch_threads, as_windows, check_finite
 from llmad.errors import LlmadError
 
 DEFAULT_MODEL = "AutonLab/MOMENT-1-large"
@@ -64,7 +64,7 @@ def load_moment(name: str, train_all: bool = False):
     from momentfm import MOMENTPipeline
 
     from llmad.errors import ModelNotFoundError
-    from llmad.models import resolve_model
+    from llmad.models.resolve import resolve_model
 
     try:
         loc = resolve_model(name).location
@@ -111,7 +111,7 @@ class MomentDetector(WindowDetector):
     def _load(self):
         import torch
 
-        from llmad.models import pick_device_dtype
+        from llmad.models.resolve import pick_device_dtype
 
         _torch_threads()
         torch.manual_seed(self.seed)
@@ -281,7 +281,7 @@ def pretrain_small_moment(windows: np.ndarray, out_dir: str | Path, config: dict
     """Self-supervised masked-reconstruction pretraining of a fresh small MOMENT; ``save_pretrained(out_dir)``."""
     import torch
 
-    from llmad.models import pick_device_dtype
+    from llmad.models.resolve import pick_device_dtype
 
     _torch_threads()
     torch.manual_seed(seed)

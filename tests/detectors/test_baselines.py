@@ -5,7 +5,7 @@ from llmad.data.flowbench import load_jobs
 from llmad.data.splits import make_split
 from llmad.detectors.baselines import BaselineDetector
 from llmad.errors import LlmadError
-from llmad.metrics import classification_report
+from llmad.metrics.classification import classification_report
 
 
 @pytest.mark.parametrize("method", ["rf", "hgb", "knn", "iforest"])

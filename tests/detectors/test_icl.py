@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from llmad.data.flowbench import PAPER_FEATURES
-from llmad.detectors.icl import (ICLConfig, ICLDetector, class_statistics, parse_label, select_demonstrations)
+from llmad.detectors.icl.detector import (ICLConfig, ICLDetector, class_statistics, parse_label, select_demonstrations)
 from llmad.errors import LlmadError
 
 
@@ -30,7 +30,7 @@ def make_jobs(n: int, seed: int = 0, frac_abnormal: float = 0.4) -> pd.DataFrame
 def smol_tokenizer():
     from transformers import AutoTokenizer
 
-    from llmad.detectors.icl_models import convert_smollm2
+    from llmad.models.causal_lm import convert_smollm2
 
     return AutoTokenizer.from_pretrained(convert_smollm2())
 
@@ -42,7 +42,7 @@ def tiny_gpt2(tokenizer, n_positions: int = 1024, seed: int = 0, chat: bool = Fa
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llmad.detectors.icl_models import LoadedLM
+    from llmad.models.causal_lm import LoadedLM
 
     tok = copy.deepcopy(tokenizer)
     if not chat:

@@ -10,8 +10,8 @@ import pytest
 def test_convert_smollm2_is_a_plain_cached_checkpoint():
     from safetensors import safe_open
 
-    from llmad.detectors.icl_models import convert_smollm2
-    from llmad.models import cache_dir, resolve_model
+    from llmad.models.causal_lm import convert_smollm2
+    from llmad.models.resolve import cache_dir, resolve_model
 
     folder = convert_smollm2()
     assert folder.parent == cache_dir()
@@ -35,7 +35,7 @@ def test_load_smollm2_answers_and_uses_chat_template(four_bit):
     """The converted weights are right (a factual answer) in float32 and in NF4 4-bit on CPU."""
     import torch
 
-    from llmad.detectors.icl_models import is_4bit, load_causal_lm
+    from llmad.models.causal_lm import is_4bit, load_causal_lm
 
     lm = load_causal_lm("smollm2-135m", load_in_4bit=four_bit)
     assert lm.has_chat_template and lm.context_window == 8192
@@ -52,7 +52,7 @@ def test_load_smollm2_answers_and_uses_chat_template(four_bit):
 def test_bnb_config_is_nf4_with_compute_dtype():
     import torch
 
-    from llmad.detectors.icl_models import bnb_4bit_config
+    from llmad.models.causal_lm import bnb_4bit_config
 
     c = bnb_4bit_config(torch.bfloat16)
     assert c.load_in_4bit and c.bnb_4bit_quant_type == "nf4" and c.bnb_4bit_compute_dtype == torch.bfloat16
@@ -62,7 +62,7 @@ def test_load_places_4bit_on_the_picked_device(monkeypatch, tmp_path):
     """On a GPU machine the NF4 weights go to CUDA (bitsandbytes' CUDA kernels); here we check the call."""
     import torch
 
-    import llmad.detectors.icl_models as m
+    import llmad.models.causal_lm as m
 
     seen = {}
 

@@ -88,7 +88,7 @@ def test_pickled_objects_refused_unless_trusted(tmp_path, ckpt):
 
 @pytest.mark.integration
 def test_scratch_model_end_to_end_on_real_asd(tmp_path):
-    from llmad.numeric import NumericConfig, run_numeric
+    from llmad.api.numeric import NumericConfig, run_numeric
 
     m = run_numeric(NumericConfig(method="lagllama", model="scratch", data="asd:omi-1", shots=64, window=32,
                                   stride=32, max_steps=5, batch_size=16, out=str(tmp_path / "run"),

@@ -92,7 +92,7 @@ def test_unknown_finetune_and_missing_model(tmp_path):
 
 @pytest.mark.integration
 def test_pretrain_then_zero_shot_on_real_asd(tmp_path):
-    from llmad.numeric import NumericConfig, pretrain_moment, run_numeric
+    from llmad.api.numeric import NumericConfig, pretrain_moment, run_numeric
 
     out = tmp_path / "pre"
     res = pretrain_moment(["nezha:trainticket"], out, seq_len=32, d_model=16, n_layers=1, n_heads=2, steps=15,

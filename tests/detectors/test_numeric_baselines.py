@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from numeric_fixtures import auc, window_sets  # noqa: E402
 
-from llmad.detectors.numeric_baselines import ForestDetector, IForestDetector, LSTMAEDetector  # noqa: E402
+from llmad.detectors.windows import ForestDetector, IForestDetector, LSTMAEDetector  # noqa: E402
 from llmad.errors import LlmadError  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def test_nan_windows_and_unlabeled_validation_are_errors(sets):
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["iforest", "lstm-ae", "rf"])
 def test_end_to_end_on_real_asd(method, tmp_path):
-    from llmad.numeric import NumericConfig, run_numeric
+    from llmad.api.numeric import NumericConfig, run_numeric
 
     cfg = NumericConfig(method=method, data="asd:omi-1", shots=200, max_steps=20, hidden=8, n_estimators=30,
                         window=32, stride=16, out=str(tmp_path / "run"))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmad.detectors.sft import (PREFIX_STAGES, SFTConfig, SFTDetector, apply_freeze, latest_checkpoint,
+from llmad.detectors.sft.detector import (PREFIX_STAGES, SFTConfig, SFTDetector, apply_freeze, latest_checkpoint,
                                  parse_freeze, partial_jobs, prefix_augmented)
 from llmad.errors import LlmadError
 
@@ -253,7 +253,7 @@ def test_precision_bf16_trains_under_cpu_autocast_and_bad_choices_fail(tiny, tmp
 
 
 def test_balanced_class_weight_lifts_the_minority_and_is_recorded(tiny, tmp_path):
-    from llmad.detectors.sft import _class_weighted_loss
+    from llmad.detectors.sft.detector import _class_weighted_loss
 
     import torch
 

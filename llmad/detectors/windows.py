@@ -242,7 +242,7 @@ class LSTMAEDetector(WindowDetector):
         return _AE(n_features, self.hidden)
 
     def _dev(self) -> str:
-        from llmad.models import pick_device_dtype
+        from llmad.models.resolve import pick_device_dtype
 
         return self.device or pick_device_dtype()[0]
 

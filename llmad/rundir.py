@@ -49,7 +49,44 @@ class Timer:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MiB)."""
+    """Peak resident memory of this process since it started (MiB)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (MiB); NaN where psutil cannot tell."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2 ** 20
+    except Exception:
+        return float("nan")
+
+
+class PeakRSS:
+    """Peak resident memory while a block runs, sampled every 0.2 s (``ru_maxrss`` only ever grows)."""
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        self.peak, self._stop = 0.0, threading.Event()
+        self._sample()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _sample(self) -> None:
+        rss = current_rss_mb()
+        if rss == rss:
+            self.peak = max(self.peak, rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join(timeout=2)
+        self._sample()

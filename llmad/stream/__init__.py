@@ -16,7 +16,7 @@ counted but not scored: the score would only be the model's prior for an empty j
 too) are scored once (a bounded cache), and
 scoring is batched over a run (``batch="run"``, max speed) or per time step (``batch="step"``, paced replay, watch).
 
-SFT models score through a backend (``llmad.detectors.sft_fast``, ``--backend``): ``auto`` picks bf16 autocast on
+SFT models score through a backend (``llmad.detectors.sft.fast``, ``--backend``): ``auto`` picks bf16 autocast on
 CPUs with native bf16 (AMX / AVX512-BF16), else ONNX Runtime int8 when installed, else torch fp32; the cache makes
 the model see ~0.33 sentences per event on casa_nowcast_full, so the model's sentences/s sets the replay's speed.
 
@@ -48,46 +48,14 @@ import pandas as pd
 
 from llmad.data.context import CONTEXT_FEATURES
 from llmad.data.flowbench import KICKSTART, NUMERIC, PAPER_FEATURES, TIMESTAMPS
+from llmad.data.reveal import (CTX_INPUTS, CTX_NEEDS, DERIVED_DELAYS, ENDPOINTS, LABEL_COLUMNS, NAN, PHASE_INDEX,
+                               make_partial, prefix_augment, reveal_features, reveal_times, row_nanreduce,
+                               timestamp_matrix)
 from llmad.errors import DataError, LlmadError
 
-NAN = float("nan")
-LABEL_COLUMNS = ("label", "anomaly_type")  # never shown to a detector
-# field -> the timestamps that must have passed before it is known (max of them); absent = static (job start).
-ENDPOINTS: dict[str, tuple[str, ...]] = {
-    **{t: (t,) for t in TIMESTAMPS},
-    "wms_delay": ("ready", "submit"),
-    "pre_script_delay": ("pre_script_start", "pre_script_end"),
-    "queue_delay": ("submit", "execute_start"),
-    "runtime": ("execute_start", "execute_end"),
-    "post_script_delay": ("post_script_start", "post_script_end"),
-    "stage_in_delay": ("stage_in_start", "stage_in_end"),
-    "stage_in_bytes": ("stage_in_end",),
-    "stage_in_effective_bytes_per_sec": ("stage_in_start", "stage_in_end"),
-    "stage_out_delay": ("stage_out_start", "stage_out_end"),
-    "stage_out_bytes": ("stage_out_end",),
-    "stage_out_effective_bytes_per_sec": ("stage_out_start", "stage_out_end"),
-    # The node is known once the job runs on it; the kickstart record arrives when execution ends.
-    "host": ("execute_start",),
-    "kickstart_hostname": ("execute_start",),
-    **{k: ("execute_end",) for k in KICKSTART},
-}
-# Delays a feed may omit: derived from their endpoints (end - start).
-DERIVED_DELAYS = {"wms_delay": ("ready", "submit"), "queue_delay": ("submit", "execute_start"),
-                  "runtime": ("execute_start", "execute_end"),
-                  "post_script_delay": ("post_script_start", "post_script_end"),
-                  "stage_in_delay": ("stage_in_start", "stage_in_end"),
-                  "stage_out_delay": ("stage_out_start", "stage_out_end"),
-                  "pre_script_delay": ("pre_script_start", "pre_script_end")}
-# Own fields a peer feature needs (unknown while they are).
-CTX_NEEDS = {"ctx_runtime_rel": ("runtime",), "ctx_cpu_rel": ("kickstart_executables_cpu_time",),
-             "ctx_queue_rel": ("queue_delay",), "ctx_stage_in_rel": ("stage_in_delay",),
-             "ctx_cpu_util": ("runtime", "kickstart_executables_cpu_time"), "ctx_host_slowness": ("host",),
-             "ctx_host_cpu_slowness": ("host",), "ctx_host_jobs": ("host",), "ctx_peers": ()}
-CTX_INPUTS = ["transformation", "host", "runtime", "kickstart_executables_cpu_time", "queue_delay", "stage_in_delay",
-              "execute_end"]
+
 _PEER_METRICS = {"runtime": "runtime", "kickstart_executables_cpu_time": "cpu", "queue_delay": "queue",
                  "stage_in_delay": "stage_in"}
-PHASE_INDEX = {t: i for i, t in enumerate(TIMESTAMPS)}
 
 
 @dataclass
@@ -105,7 +73,7 @@ class StreamConfig:
     batch_size: int = 1024  # rows per detector call
     cache_size: int = 200_000  # distinct inputs whose score is remembered (LRU: bounded memory)
     quantize: bool = False  # int8 dynamic quantization of an SFT model's linear layers (CPU)
-    backend: str = "auto"  # SFT scoring backend: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft_fast)
+    backend: str = "auto"  # SFT scoring backend: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft.fast)
     workers: int = 1  # SFT scoring threads (batches in parallel, one intra-op thread each)
 
     def check(self) -> "StreamConfig":
@@ -118,7 +86,7 @@ class StreamConfig:
             raise LlmadError(f"k-of-n needs 1 <= k <= n, got k={self.k} n={self.n}")
         if self.batch not in ("run", "step"):
             raise LlmadError(f"--batch {self.batch!r}: expected run or step")
-        from llmad.detectors.sft_fast import check_backend
+        from llmad.detectors.sft.fast import check_backend
 
         check_backend(self.backend)
         if self.workers < 1:
@@ -144,94 +112,6 @@ def parse_speed(speed: str | float | None) -> float | None:
     if not v > 0:
         raise LlmadError(f"--speed {speed!r}: the factor must be positive")
     return v
-
-
-# ---------------------------------------------------------------------------------------------- partial jobs
-def _timestamps(jobs: pd.DataFrame) -> np.ndarray:
-    cols = [jobs[t].to_numpy(dtype=np.float64) if t in jobs.columns else np.full(len(jobs), NAN) for t in TIMESTAMPS]
-    return np.column_stack(cols) if len(jobs) else np.zeros((0, len(TIMESTAMPS)))
-
-
-def _nanreduce(a: np.ndarray, fn) -> np.ndarray:
-    out = np.full(a.shape[0], NAN)
-    ok = np.isfinite(a).any(axis=1)
-    if ok.any():
-        out[ok] = fn(np.where(np.isfinite(a[ok]), a[ok], np.nan), axis=1)
-    return out
-
-
-def reveal_times(jobs: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """When each of ``columns`` becomes known, per job (epoch seconds, shape jobs x columns)."""
-    ts = _timestamps(jobs)
-    start, end = _nanreduce(ts, np.nanmin), _nanreduce(ts, np.nanmax)
-    out = np.empty((len(jobs), len(columns)))
-    for i, c in enumerate(columns):
-        eps = ENDPOINTS.get(c)
-        if eps is None:
-            out[:, i] = start
-            continue
-        r = np.max(np.column_stack([ts[:, PHASE_INDEX[e]] for e in eps]), axis=1)
-        # An endpoint that never happened: the value (if any) is only trusted once the job is over.
-        out[:, i] = np.where(np.isfinite(r), r, end)
-    return out
-
-
-def make_partial(jobs: pd.DataFrame, as_of: float | Sequence[float] | pd.Series) -> pd.DataFrame:
-    """Copy of ``jobs`` as known at ``as_of`` (one time, or one per row): fields not yet known become NaN.
-
-    Ids, labels and the DAG's static fields stay. Peer features already present (``ctx_*``) are kept only where
-    the job's own fields they need are known (they were computed on the whole table, so a streaming replay
-    recomputes them causally instead).
-    """
-    if isinstance(as_of, pd.Series):
-        t = as_of.reindex(jobs.index).to_numpy(dtype=np.float64)
-    else:
-        t = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(jobs),))
-    out = jobs.copy()
-    # Static DAG fields (transformation, type, ...) are planned before the run starts: always known.
-    cols = [c for c in out.columns if c in ENDPOINTS]
-    r = reveal_times(out, cols)
-    for i, c in enumerate(cols):
-        hidden = ~(r[:, i] <= t)
-        if hidden.any():
-            if out[c].dtype.kind in "iub":
-                out[c] = out[c].astype(np.float64)
-            out.loc[hidden, c] = np.nan
-    for c, needs in CTX_NEEDS.items():
-        if c in out.columns:
-            hidden = np.zeros(len(out), dtype=bool)
-            for f in needs:
-                if f in out.columns:
-                    hidden |= pd.isna(out[f]).to_numpy()
-            out.loc[hidden, c] = np.nan
-    return out
-
-
-def prefix_augment(jobs: pd.DataFrame, copies: int = 1, seed: int = 0) -> pd.DataFrame:
-    """``jobs`` plus ``copies`` partial versions of each, cut at a random one of its events before the last."""
-    rng = np.random.default_rng(seed)
-    ts = _timestamps(jobs)
-    parts = [jobs]
-    for _ in range(copies):
-        cut = np.full(len(jobs), np.nan)
-        for i, row in enumerate(ts):
-            ev = np.unique(row[np.isfinite(row)])
-            if len(ev) > 1:
-                cut[i] = ev[rng.integers(0, len(ev) - 1)]
-        ok = np.isfinite(cut)
-        parts.append(make_partial(jobs[ok], cut[ok]))
-    return pd.concat(parts, ignore_index=True)
-
-
-def reveal_features(jobs: pd.DataFrame, k: int, order: Sequence[str] = PAPER_FEATURES) -> pd.DataFrame:
-    """The paper's online step ``k``: only the first ``k`` features of ``order`` known (peer features masked)."""
-    out = jobs.copy()
-    hidden = [c for c in order[k:] if c in out.columns]
-    out[hidden] = np.nan
-    for c, needs in CTX_NEEDS.items():
-        if c in out.columns and any(f in hidden for f in needs):
-            out[c] = np.nan
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- peer context
@@ -608,7 +488,7 @@ def replay_run(run: pd.DataFrame, scorer: CachedScorer, policy: AlertPolicy | No
         tracked = [c for c in run.columns if c not in LABEL_COLUMNS]
     if context and "host" not in tracked and "host" in run.columns:
         tracked.append("host")
-    ts = _timestamps(run)
+    ts = timestamp_matrix(run)
     R = reveal_times(run, tracked)
     present = np.column_stack([~pd.isna(run[c]).to_numpy() for c in tracked]) if tracked else np.zeros((n, 0), bool)
     jj, cc = np.nonzero(np.isfinite(R) & present)
@@ -691,8 +571,8 @@ def replay_run(run: pd.DataFrame, scorer: CachedScorer, policy: AlertPolicy | No
             resolve(len(obs))
     scorer.flush()
     resolve(len(obs))
-    end = _nanreduce(ts, np.nanmax)
-    start = _nanreduce(ts, np.nanmin)
+    end = row_nanreduce(ts, np.nanmax)
+    start = row_nanreduce(ts, np.nanmin)
     run_end = float(np.nanmax(end)) if n and np.isfinite(end).any() else NAN
     ex_end = ts[:, PHASE_INDEX["execute_end"]]
     life = np.where(end > start, (first_alert - start) / np.where(end > start, end - start, 1.0), 0.0)
@@ -961,7 +841,7 @@ def _rss_mb() -> float:
 
 def choose_stream_threshold(detector: Any, runs: Iterable[pd.DataFrame], cfg: StreamConfig) -> float:
     """Re-choose the alert threshold on a replay of validation runs (per-job alert statistic vs label)."""
-    from llmad.metrics import choose_threshold
+    from llmad.metrics.classification import choose_threshold
 
     cols = detector_inputs(detector)
     ctx = detector_uses_context(detector, cols)
@@ -1090,7 +970,7 @@ def feed_records(run: pd.DataFrame) -> Iterator[dict[str, Any]]:
     """One record per (job, instant) in event-time order: the job's fields known then (a Flow-Bench feed)."""
     run = run.reset_index(drop=True)
     cols = [c for c in run.columns if c not in LABEL_COLUMNS and not c.startswith("ctx_")]
-    ts = _timestamps(run)
+    ts = timestamp_matrix(run)
     R = reveal_times(run, cols)
     ej, ep = np.nonzero(np.isfinite(ts))
     et = ts[ej, ep]
@@ -1510,7 +1390,7 @@ def open_detector(model: str, *, data: str | None = None, ids: dict[str, list[st
                   quantize: bool = False, backend: str | None = "auto", workers: int = 1):
     """A saved detector folder (any kind), or ``baseline:<method>[-context]`` fitted on the split's train runs.
 
-    SFT models are wrapped in a scoring backend (``llmad.detectors.sft_fast``; ``auto``: bf16 on CPUs with native
+    SFT models are wrapped in a scoring backend (``llmad.detectors.sft.fast``; ``auto``: bf16 on CPUs with native
     bf16, else ONNX Runtime int8 when installed, else torch fp32); ``quantize`` keeps torch's int8 copy instead."""
     if model.startswith("baseline:"):
         if data is None or ids is None:
@@ -1524,7 +1404,7 @@ def open_detector(model: str, *, data: str | None = None, ids: dict[str, list[st
     kw = {"quantize": True} if quantize and _kind(p) == "sft" else {}
     det = load_detector(p, **kw)
     if _kind(p) == "sft" and not quantize and backend is not None:
-        from llmad.detectors.sft_fast import with_backend
+        from llmad.detectors.sft.fast import with_backend
 
         det = with_backend(det, backend, workers=workers)
     return det
@@ -1547,7 +1427,7 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
                on_alert: Callable[[dict], None] | None = None) -> tuple[ReplayResult, Path]:
     """``llmad replay``: choose runs, open/fit the detector, set the threshold, replay, write the run folder."""
     from llmad.io import write_frame_csv
-    from llmad.runs import default_out, write_run
+    from llmad.rundir import default_out, write_run
 
     cfg.check()
     if detector is None and not model.startswith("baseline:") and not Path(model).exists():

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from llmad.metrics import classification_report
+from llmad.metrics.classification import classification_report
 
 
 def event_spans(event_ids: np.ndarray) -> dict[int, tuple[int, int]]:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from llmad.config import DataConfig
-from llmad.detectors.sft import SFTConfig, SFTDetector, _is_main_process
+from llmad.detectors.sft.detector import SFTConfig, SFTDetector, _is_main_process
 from llmad.errors import LlmadError
 
 # Settings that may change between an interrupted run and its --resume without changing what is trained.
@@ -83,8 +83,8 @@ def _check_resume(out: Path, cfg: SFTRunConfig) -> None:
 def run_sft(cfg: SFTRunConfig, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, threshold on validation, evaluate on test, save model + run outputs; returns a summary dict."""
     from llmad.io import write_json
-    from llmad.metrics import classification_report, timed_scoring
-    from llmad.runs import default_out, peak_rss_mb, write_run
+    from llmad.metrics.classification import classification_report, timed_scoring
+    from llmad.rundir import default_out, peak_rss_mb, write_run
 
     t0 = time.perf_counter()
     wf = cfg.data.spec.split(":", 1)[-1].replace(",", "+").replace("/", "_")
@@ -155,8 +155,8 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     """Score the jobs of ``spec`` (or one part of a split) with a saved SFT model; write predictions + metrics."""
     from llmad.data.context import add_context_features
     from llmad.data.flowbench import load_jobs
-    from llmad.metrics import classification_report, timed_scoring
-    from llmad.runs import default_out, peak_rss_mb, write_run
+    from llmad.metrics.classification import classification_report, timed_scoring
+    from llmad.rundir import default_out, peak_rss_mb, write_run
 
     det = SFTDetector.load(model_dir, quantize=quantize)
     template = det._template_ref()

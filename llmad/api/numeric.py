@@ -3,7 +3,7 @@ route (``render_windows``) that turns metric windows into "FEAT is VAL" sentence
 
 One run: load a split (``nezha:trainticket``, ``smd:<machine>|all``, ``asd:<server>|all``, ``csv:<path>``) ->
 z-score fitted on train -> sliding windows -> pick the training windows (``shots``) -> fit the detector ->
-threshold on validation points -> score test points -> time-series metrics (``llmad.ts_metrics``).
+threshold on validation points -> score test points -> time-series metrics (``llmad.metrics.timeseries``).
 
 Training windows (``shots``): unsupervised detectors (moment probe/lora, lstm-ae, iforest, lagllama full)
 train on train windows that hold no labelled anomaly (a labelled window is "known normal"); ``shots`` caps how
@@ -215,8 +215,8 @@ def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, wind
 # ---------------------------------------------------------------------------------------------- run
 def run_numeric(cfg: NumericConfig) -> dict[str, Any]:
     """Fit, calibrate on validation, score test; return metrics (and write a run folder when ``cfg.out``)."""
-    from llmad.runs import peak_rss_mb
-    from llmad.ts_metrics import ts_report
+    from llmad.rundir import peak_rss_mb
+    from llmad.metrics.timeseries import ts_report
 
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
@@ -266,7 +266,7 @@ def run_numeric(cfg: NumericConfig) -> dict[str, Any]:
     if np.ptp(test_scores) == 0:
         metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
     if cfg.out:
-        from llmad.runs import write_run
+        from llmad.rundir import write_run
 
         names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
         idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])

@@ -292,7 +292,7 @@ class ICLDetector(Detector):
         if lm is not None:
             self.lm_ = lm
         if self.lm_ is None:
-            from llmad.detectors.icl_models import load_causal_lm
+            from llmad.models.causal_lm import load_causal_lm
 
             self.lm_ = load_causal_lm(self.config.model, load_in_4bit=self.config.load_in_4bit,
                                       trust_remote_code=self.config.trust_remote_code)
@@ -430,7 +430,7 @@ class ICLDetector(Detector):
         return out
 
     def _budget(self, mode: str) -> int:
-        from llmad.detectors.icl_models import context_window
+        from llmad.models.causal_lm import context_window
 
         window = self.config.max_prompt_tokens or context_window(self.lm_.model)
         if mode == "score":
@@ -790,8 +790,8 @@ class ICLDetector(Detector):
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
 
-        from llmad.detectors.icl_models import context_window
-        from llmad.models import pick_device_dtype, time_budget_callback
+        from llmad.models.causal_lm import context_window
+        from llmad.models.resolve import pick_device_dtype, time_budget_callback
 
         cfg = self.config
         saved_demos = self.demos_
@@ -944,8 +944,8 @@ def run_icl(cfg: ICLConfig, run: ICLRun, printer: Any = print, lm: Any = None,
 
     from llmad.data.flowbench import load_jobs
     from llmad.data.splits import make_split
-    from llmad.metrics import classification_report
-    from llmad.runs import default_out, write_run
+    from llmad.metrics.classification import classification_report
+    from llmad.rundir import default_out, write_run
 
     cfg.validate()
     if split is None:

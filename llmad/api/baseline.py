@@ -14,8 +14,8 @@ from llmad.errors import LlmadError
 def run_baseline(data: DataConfig, cfg: BaselineConfig, out: str | Path | None = None) -> dict[str, Any]:
     """Fit on train, threshold on validation, score test; write the run folder; return metrics."""
     from llmad.data import load_split
-    from llmad.metrics import classification_report, timed_scoring
-    from llmad.runs import Timer, default_out, write_run
+    from llmad.metrics.classification import classification_report, timed_scoring
+    from llmad.rundir import Timer, default_out, write_run
 
     if cfg.method not in METHODS:
         raise LlmadError(f"unknown baseline method {cfg.method!r}; expected one of {', '.join(METHODS)}")

@@ -287,15 +287,15 @@ def config_class(kind: str) -> type:
 
         return BaselineConfig
     if kind == "sft":
-        from llmad.detectors.sft import SFTConfig
+        from llmad.detectors.sft.detector import SFTConfig
 
         return SFTConfig
     if kind == "icl":
-        from llmad.detectors.icl import ICLConfig
+        from llmad.detectors.icl.detector import ICLConfig
 
         return ICLConfig
     if kind == "numeric":
-        from llmad.numeric import NumericConfig
+        from llmad.api.numeric import NumericConfig
 
         return NumericConfig
     if kind == "replay":
@@ -595,15 +595,15 @@ def _scored_frame(test: pd.DataFrame, scores: np.ndarray, threshold: float) -> p
 
 
 def _job_metrics(test: pd.DataFrame, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    from llmad.metrics import classification_report
+    from llmad.metrics.classification import classification_report
 
     return classification_report(test["label"], scores, threshold=threshold, anomaly_types=test["anomaly_type"])
 
 
 def adapter_baseline(ctx: RunContext) -> RunResult:
-    """Classical detector on job features (same steps as ``llmad.baseline.run_baseline``, on the cached split)."""
+    """Classical detector on job features (same steps as ``llmad.api.baseline.run_baseline``, on the cached split)."""
     from llmad.detectors.baselines import BaselineConfig, BaselineDetector
-    from llmad.metrics import timed_scoring
+    from llmad.metrics.classification import timed_scoring
 
     cfg = from_dict(BaselineConfig, ctx.spec.config)
     # Peer features always: one cached table then serves plain and context baselines alike.
@@ -627,9 +627,9 @@ def adapter_baseline(ctx: RunContext) -> RunResult:
 
 
 def adapter_sft(ctx: RunContext) -> RunResult:
-    """``llmad.sft.run_sft`` in the run folder (checkpoints there, so ``--resume`` continues a killed run)."""
-    from llmad.detectors.sft import SFTConfig
-    from llmad.sft import SFTRunConfig, needs_context, run_sft
+    """``llmad.api.sft.run_sft`` in the run folder (checkpoints there, so ``--resume`` continues a killed run)."""
+    from llmad.detectors.sft.detector import SFTConfig
+    from llmad.api.sft import SFTRunConfig, needs_context, run_sft
 
     cfg = from_dict(SFTConfig, {**ctx.spec.config, "progress": False})
     d = ctx.spec.data
@@ -723,7 +723,7 @@ _LM_CACHE: dict[Any, Any] = {}
 
 def adapter_icl(ctx: RunContext) -> RunResult:
     """``ICLDetector`` on the cached split: demonstrations/statistics from train, threshold on validation."""
-    from llmad.detectors.icl import ICLConfig, ICLDetector, select_demonstrations
+    from llmad.detectors.icl.detector import ICLConfig, ICLDetector, select_demonstrations
 
     cfg = from_dict(ICLConfig, _config_for_class("icl", ctx.spec.config)).validate()
     split = ctx.job_split(context=True)
@@ -751,7 +751,7 @@ def adapter_icl(ctx: RunContext) -> RunResult:
     if not cfg.lora_r:  # a LoRA-tuned model is changed in place: never shared
         key = (cfg.model, cfg.load_in_4bit)
         if key not in _LM_CACHE:
-            from llmad.detectors.icl_models import load_causal_lm
+            from llmad.models.causal_lm import load_causal_lm
 
             ctx.stage(f"loading {cfg.model}")
             _LM_CACHE.clear()
@@ -796,8 +796,8 @@ def _series_spans(series: Iterable[Any]) -> list[tuple[str, int, int]]:
 
 
 def adapter_numeric(ctx: RunContext) -> RunResult:
-    """``llmad.numeric.run_numeric``: z-score and windows from train, threshold on validation points."""
-    from llmad.numeric import NumericConfig, load_split as numeric_split, run_numeric
+    """``llmad.api.numeric.run_numeric``: z-score and windows from train, threshold on validation points."""
+    from llmad.api.numeric import NumericConfig, load_split as numeric_split, run_numeric
 
     cfg = from_dict(NumericConfig, {**ctx.spec.config, "out": str(ctx.run_dir / "numeric")})
     ctx.stage(f"loading {cfg.data}")
@@ -897,7 +897,7 @@ def adapter_replay(ctx: RunContext) -> RunResult:
     if cfg.reveal == "events":
         for c in ("alert_before_execute_end", "lead_job_s", "alert_life_frac"):
             preds[c] = jobs[c]
-    from llmad.metrics import classification_report
+    from llmad.metrics.classification import classification_report
 
     m = classification_report(preds["label"], predictions=preds["prediction"], scores=score,
                               anomaly_types=preds["anomaly_type"])
@@ -1020,7 +1020,7 @@ def _run_one(spec: RunSpec, run_dir: Path, resume: bool, cache: dict[str, Any], 
              adapters: dict[str, Callable[[RunContext], RunResult]], report: ReportConfig | None = None
              ) -> RunStatus:
     from llmad.io import provenance, write_frame_csv, write_json
-    from llmad.runs import peak_rss_mb
+    from llmad.rundir import peak_rss_mb
 
     if (run_dir / "metrics.json").is_file():
         return RunStatus(spec, "cached", run_dir)

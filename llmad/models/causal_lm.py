@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmad.models import cache_dir, package_folder, pick_device_dtype, resolve_model
+from llmad.models.resolve import cache_dir, package_folder, pick_device_dtype, resolve_model
 
 log = logging.getLogger(__name__)
 

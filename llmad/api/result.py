@@ -1,0 +1,43 @@
+"""What every run function returns, and the one per-item predictions frame they all write."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ID_COLUMNS = ("workflow", "run_id", "job_id", "label", "anomaly_type")
+
+
+@dataclass
+class RunResult:
+    """One run's outcome: flat test metrics, per-item predictions, method details, artifacts, output folder."""
+
+    metrics: dict[str, Any]  # flat: accuracy, precision, recall, f1, roc_auc, pr_auc, ... on test
+    predictions: pd.DataFrame | None = None  # ids, label, anomaly_type, score, prediction
+    details: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to out_dir
+    out_dir: Path | None = None
+    summary: str = ""  # the one line a CLI prints
+
+
+def predictions_frame(items: pd.DataFrame, scores: Any, threshold: float | None = None, *,
+                      predictions: Any = None, keys: Any = None) -> pd.DataFrame:
+    """Per-item rows: ``key`` (when given), the id columns ``items`` has, ``score`` and the 0/1 ``prediction``.
+
+    ``prediction`` is ``score >= threshold`` unless ``predictions`` gives it (alert-based replays, k-of-n rules).
+    """
+    cols = [c for c in ID_COLUMNS if c in items.columns]
+    out = items[cols].copy().reset_index(drop=True)
+    if keys is not None:
+        out.insert(0, "key", np.asarray(keys))
+    out["score"] = np.asarray(scores, dtype=float)
+    if predictions is not None:
+        out["prediction"] = np.asarray(predictions).astype(int)
+    elif threshold is not None:
+        out["prediction"] = (out["score"] >= threshold).astype(int)
+    else:
+        raise ValueError("predictions_frame needs a threshold or explicit predictions")
+    return out

@@ -1,0 +1,1 @@
+"""In-context-learning detector on a decoder LLM."""

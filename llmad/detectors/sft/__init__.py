@@ -1,0 +1,1 @@
+"""Encoder fine-tuning (SFT) detector."""

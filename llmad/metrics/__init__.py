@@ -1,0 +1,1 @@
+"""Classification, time-series and early-detection metrics; thresholds from validation only."""
