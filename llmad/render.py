@@ -136,7 +136,7 @@ def render_jobs(jobs: pd.DataFrame, template: str = "paper", causal: bool = Fals
     """Render each job row to a sentence with a job template (``paper``, ``compact``, ``context`` or a path)."""
     tpl = get_template(template, "job")
     frame = jobs
-    if template == "context" or "ctx_" in _template_source(template):
+    if reads_context(template):
         from llmad.data.context import add_context_features
 
         if not any(c.startswith("ctx_") for c in jobs.columns):
@@ -151,9 +151,15 @@ def render_jobs(jobs: pd.DataFrame, template: str = "paper", causal: bool = Fals
 
 
 @lru_cache(maxsize=32)
-def _template_source(name: str) -> str:
+def template_source(name: str) -> str:
+    """The Jinja source of job template ``name`` (a name under prompts/job or a .j2 path)."""
     tname, extra = resolve_template(name, "job")
     return _env(extra).loader.get_source(_env(extra), tname)[0]
+
+
+def reads_context(template: str) -> bool:
+    """Whether a job template reads the ``ctx_*`` peer features (then they must be computed before rendering)."""
+    return template == "context" or "ctx_" in template_source(template)
 
 
 def render_one(job: dict[str, Any], template: str = "paper", features: Iterable[str] = PAPER_FEATURES) -> str:

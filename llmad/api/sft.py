@@ -38,9 +38,9 @@ class SFTRunConfig:
 
 def needs_context(template: str) -> bool:
     """Whether a job template reads the ``ctx_*`` peer features."""
-    from llmad.render import _template_source
+    from llmad.render import reads_context
 
-    return template == "context" or "ctx_" in _template_source(template)
+    return reads_context(template)
 
 
 def load_run_split(data: DataConfig, template: str, causal: bool = False):

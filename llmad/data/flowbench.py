@@ -60,7 +60,7 @@ def available_workflows(data_dir: str | Path | None = None) -> list[str]:
     return sorted(q.stem for q in (base / "flowbench").glob("*.zip"))
 
 
-def _members(src: Path) -> list[tuple[str, callable]]:
+def archive_members(src: Path) -> list[tuple[str, callable]]:
     """(name, opener) for every run CSV in a zip or folder, in run order."""
     if src.is_dir():
         files = sorted(f for f in src.rglob("*.csv") if RUN_RE.search(f.as_posix()))
@@ -89,7 +89,7 @@ def load_jobs(spec: str | Path, data_dir: str | Path | None = None) -> pd.DataFr
 
 def read_source(src: Path) -> pd.DataFrame:
     """Read every ``<workflow>-runNNNN.csv`` of a zip or folder into one job table."""
-    members = _members(src)
+    members = archive_members(src)
     if not members:
         raise DataError("no <workflow>-runNNNN.csv files found (expected the Flow-Bench layout)", file=str(src))
     frames = []

@@ -282,9 +282,9 @@ def detector_uses_context(detector: Any, columns: list[str] | None) -> bool:
         if tmpl == "context":
             return True
         try:
-            from llmad.render import _template_source
+            from llmad.render import reads_context
 
-            return "ctx_" in _template_source(getattr(detector, "_template_path", None) or tmpl)
+            return reads_context(getattr(detector, "_template_path", None) or tmpl)
         except Exception:
             return True
     return True
@@ -645,13 +645,13 @@ def _specs(spec: str) -> list[str]:
 
 def list_run_members(spec: str, data_dir: str | Path | None = None) -> list[tuple[str, str, Callable[[], bytes], str]]:
     """(run_id, member name, reader, workflow) for every run of a spec, without parsing any run."""
-    from llmad.data.flowbench import RUN_RE, _members, flowbench_source
+    from llmad.data.flowbench import RUN_RE, archive_members, flowbench_source
 
     out = []
     for arg in _specs(spec):
         src = flowbench_source(arg, data_dir)
         wf = src.stem if src.suffix == ".zip" else src.name
-        for name, read in _members(src):
+        for name, read in archive_members(src):
             m = RUN_RE.search(name.replace("!", "/"))
             out.append((f"{m.group('wf')}-run{m.group('run')}", name, read, wf))
     return out
