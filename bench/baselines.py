@@ -35,7 +35,7 @@ def main() -> None:
                     for features in ("plain", "context"):
                         m = run_baseline(DataConfig(spec=f"flowbench:{wf}", split=split, seed=args.seed),
                                          BaselineConfig(method=method, features=features, seed=args.seed),
-                                         out=Path(tmp) / f"{wf}-{split}-{method}-{features}")
+                                         out=Path(tmp) / f"{wf}-{split}-{method}-{features}").metrics
                         rows.append({"workflow": wf, "split": split, "method": method, "features": features,
                                      "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"],
                                      "f1": m["f1"], "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"],

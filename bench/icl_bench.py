@@ -39,10 +39,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmad.detectors.icl.detector import ICLConfig, ICLDetector, parse_label  # noqa: E402
+from llmad.detectors.icl.config import ICLConfig  # noqa: E402
+from llmad.detectors.icl.detector import ICLDetector  # noqa: E402
+from llmad.detectors.icl.scoring import parse_label  # noqa: E402
 from llmad.io import atomic_write_text, provenance, write_json  # noqa: E402
 from llmad.metrics.classification import choose_threshold, classification_report  # noqa: E402
-from llmad.models.resolve import cache_dir  # noqa: E402
+from llmad.models.packages import cache_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PUBLISHED = {"GPT2 (paper)": (0.66, 0.72), "Mistral-7B (paper)": (0.68, 0.78), "Llama2-7B (paper)": (0.65, 0.76)}
@@ -104,7 +106,7 @@ def tune_round(args, split) -> None:
     from llmad.models.causal_lm import load_causal_lm
 
     adir = state_dir(args) / args.adapter
-    exists = (adir / "icl.json").is_file()
+    exists = (adir / "detector.json").is_file()
     if exists == (args.tune_round == 0):
         print(f"adapter {args.adapter}: round {args.tune_round} {'already done' if exists else 'needs round 0'}")
         return
@@ -154,7 +156,7 @@ def tuned_lm(args, split, adapter: str):
 def fit_cell(name, shots, select, tuned, args, split, lm):
     """Fit (demonstrations + calibration) once per cell; keep its state and validation raw scores."""
     d = state_dir(args) / f"{slug(name)}{'-' + tuned if tuned else ''}"
-    if (d / "icl.json").is_file():
+    if (d / "detector.json").is_file():
         det = ICLDetector.load(d, lm=lm)
         return det, d
     cfg = replace(base_cfg(args), shots=shots, select=select)
@@ -192,7 +194,7 @@ def table_phase(args) -> None:
         for (n, k, s, tuned) in cells:
             if time.perf_counter() - t0 > args.budget_s:
                 break
-            if tuned and not (state_dir(args) / tuned / "icl.json").is_file():
+            if tuned and not (state_dir(args) / tuned / "detector.json").is_file():
                 continue  # tuned cells wait for `--phase tune`
             if lms[tuned] is None:
                 lms[tuned] = tuned_lm(args, split, tuned) if tuned else load_causal_lm("smollm2-135m")
@@ -241,7 +243,7 @@ def report(args) -> None:
             d = state_dir(args) / f"{slug(n)}{'-' + tuned if tuned else ''}"
             if not (d / "test.csv").is_file():
                 continue
-            st = json.loads((d / "icl.json").read_text())
+            st = json.loads((d / "detector.json").read_text())
             shift = st["calibration"]["log_prior_ratio"]
             te = pd.read_csv(d / "test.csv")
             va = pd.read_csv(d / "val.csv")

@@ -46,7 +46,7 @@ def _child(cfg_dict: dict, q) -> None:
     try:
         from llmad.api.numeric import NumericConfig, run_numeric
 
-        q.put(("ok", run_numeric(NumericConfig(**cfg_dict))))
+        q.put(("ok", run_numeric(NumericConfig(**cfg_dict)).metrics))
     except Exception as e:  # keep the benchmark going; the failure is recorded
         q.put(("error", f"{type(e).__name__}: {e}"))
 

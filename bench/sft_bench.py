@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmad.config import DataConfig  # noqa: E402
-from llmad.detectors.sft.detector import SFTConfig  # noqa: E402
+from llmad.detectors.sft.config import SFTConfig  # noqa: E402
 from llmad.io import write_frame_csv, write_json, atomic_write_text, provenance  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -85,12 +85,13 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
                            resume=resume, keep_checkpoints=False)
         t0, c0 = time.perf_counter(), cpu_seconds()
         res = run_sft(cfg)
+        print(res.summary)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        info = res["train_info"] if res["paused"] else res["metrics"]["train"]
+        info, paused = res.details["train_info"], res.details["paused"]
         state["chunks"].append({"wall_s": wall, "cpu_s": cpu, "train_s": info["train_s"], "steps": info["steps"],
-                                "paused": res["paused"]})
+                                "paused": paused})
         write_json(out / "bench_chunks.json", state)
-        if res["paused"]:
+        if paused:
             return None
     # The finished run's own files are the source of truth (a crash after training loses nothing).
     m = json.loads((out / "metrics.json").read_text())
@@ -292,11 +293,12 @@ def task_forget(a) -> int:
 
 
 def _eval_on(model_dir: Path, workflow: str, acc_key: str, f1_key: str, limit: int | None = None) -> dict:
-    from llmad.api.sft import run_predict
+    from llmad.api.predict import run_predict
 
     r = run_predict(model_dir, f"flowbench:{workflow}", split="run", part="test", limit=limit,
                     out=RUNS / "predict" / f"{model_dir.parent.name}-on-{workflow}")
-    rep = r["metrics"]["report"]
+    print(r.summary)
+    rep = r.metrics["report"]
     return {acc_key: rep["accuracy"], f1_key: rep["f1"], f"{acc_key}_roc_auc": rep["roc_auc"]}
 
 

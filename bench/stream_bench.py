@@ -34,9 +34,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llmad.data.reveal import make_partial, prefix_augment  # noqa: E402
+from llmad.data.splits import subsample as _sample_ids  # noqa: E402
 from llmad.io import atomic_write_text, provenance, write_frame_csv  # noqa: E402
-from llmad.stream import (StreamConfig, _sample_ids, choose_stream_threshold, iter_runs, list_run_members,  # noqa
-                          make_partial, prefix_augment, replay, split_run_ids)
+from llmad.stream import (StreamConfig, choose_stream_threshold, iter_runs, list_run_members, replay,  # noqa: E402
+                          split_run_ids)
 
 RESULTS = ROOT / "bench" / "results"
 RUNS = Path(os.environ.get("LLMAD_STREAM_BENCH_RUNS", ROOT / "runs" / "bench-stream"))
@@ -129,7 +131,8 @@ def cmd_sft_train(a) -> None:
     seeded train subsample (``--train-limit`` jobs of ``--train-runs`` train runs)."""
     import torch
 
-    from llmad.detectors.sft.detector import SFTConfig, SFTDetector
+    from llmad.detectors.sft.config import SFTConfig
+    from llmad.detectors.sft.detector import SFTDetector
 
     torch.set_num_threads(a.threads)
     spec = f"flowbench:{a.workflow}"
@@ -479,7 +482,7 @@ def cmd_report(a) -> None:
               "- SFT models (acceptance 1): MiniLM, compact template, llmad's default recipe (3 epochs, batch 32, "
               "lr 1e-4, embeddings frozen, early stopping on validation loss) on 1,500 train jobs sampled from 60 "
               "train runs, validation 300 jobs from 10 validation runs; `prefix` adds one partial copy of each "
-              "train job cut at a random one of its events (`llmad.stream.prefix_augment`), so it trains on 3,000 "
+              "train job cut at a random one of its events (`llmad.data.reveal.prefix_augment`), so it trains on 3,000 "
               "rows. Threshold: the model's own (F1 on complete validation jobs). SFT replays use a seeded "
               "subsample of the test runs (column `test runs`: 20 of 53, 5 of 48, 15 of 81) for time; the RF rows "
               "are given twice: on all test runs (montage: 16) and on exactly the SFT replays' runs (same seeded "
@@ -501,7 +504,7 @@ def cmd_report(a) -> None:
               "job's own unrevealed features and the ratios built on them are hidden), so T1 is not comparable with "
               "the plain detectors' T1.",
               "- `*-prefix` RF: trained on the train jobs plus one copy of each cut at a random one of its events "
-              "(`llmad.stream.prefix_augment`). It flags earlier and more (many more false alerts with the model "
+              "(`llmad.data.reveal.prefix_augment`). It flags earlier and more (many more false alerts with the model "
               "threshold); a streaming threshold (`thr-validation`) trades part of that back.",
               ""]
     lines += ["Provenance: " + json.dumps({k: v for k, v in provenance().items() if k != "versions"}), ""]

@@ -1,6 +1,6 @@
 """Typed config dataclasses shared by the CLI, the Python API and recipes (a YAML maps 1:1 onto them).
 
-Method-specific configs live beside their method (``SFTConfig`` in ``llmad.detectors.sft.detector`` ...) and
+Method-specific configs live beside their method (``SFTConfig`` in ``llmad.detectors.sft.config`` ...) and
 use the same helpers: ``from_dict`` rejects unknown keys loudly, ``merge`` applies CLI overrides.
 """
 from __future__ import annotations
@@ -19,32 +19,14 @@ from llmad.errors import LlmadError
 T = TypeVar("T")
 
 
-@dataclass
-class DataConfig:
-    """Which data, which split, which part: ``spec`` is e.g. ``flowbench:1000genome``."""
-
-    spec: str = "flowbench:1000genome"
-    data_dir: str | None = None
-    split: str = "run"  # run | paper | workflow
-    seed: int = 0
-    test_workflow: str | None = None  # for split=workflow
-    limit: int | None = None  # subsample each part (seeded) for quick runs
-
-
-@dataclass
-class TemplateConfig:
-    """Which Jinja template renders a job: a name under ``prompts/job`` or a path."""
-
-    name: str = "paper"
-    causal: bool = False  # context template: only peers finished before this job's event time
-
-
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
            flag: str | None = None, cli: bool = True) -> Any:
     """A config field whose ``help`` is the one text shown by ``--help``, recipes docs and error messages.
 
-    ``flag`` overrides the CLI flag name (default ``--`` + the field name with ``_`` -> ``-``); ``cli=False`` marks a
-    field that is set from recipes/API only (it then needs no CLI option).
+    ``flag`` overrides the CLI flag name (default ``--`` + the field name with ``_`` -> ``-``; a bool gets
+    ``--x/--no-x``): space-separated declarations, e.g. ``"--patience"``, ``"--model -m"`` or ``"--cache/--no-cache"``.
+    ``cli=False`` marks a field that is set from recipes/API only (it then needs no CLI option).
+    ``llmad.cli.options.config_options`` turns the fields into typer options.
     """
     meta = {"help": help, "flag": flag, "cli": cli}
     if factory is not dataclasses.MISSING:
@@ -58,6 +40,26 @@ def field_help(cls: type, name: str) -> str:
         if f.name == name:
             return f.metadata.get("help", "")
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+@dataclass
+class DataConfig:
+    """Which data, which split, which part: ``spec`` is e.g. ``flowbench:1000genome``."""
+
+    spec: str = option("flowbench:1000genome", "dataset spec, e.g. flowbench:1000genome", flag="--data -d")
+    data_dir: str | None = option(None, "data folder (default: $LLMAD_DATA_DIR, ./data, ../shared/data)")
+    split: str = option("run", "run | paper (the paper's job-level split) | workflow (unseen workflow)")
+    seed: int = option(0, "seed of the split and of every seeded subsample")
+    test_workflow: str | None = option(None, "unseen workflow for --split workflow")
+    limit: int | None = option(None, "subsample each split part to N jobs (seeded; quick runs)")
+
+
+@dataclass
+class TemplateConfig:
+    """Which Jinja template renders a job: a name under ``prompts/job`` or a path."""
+
+    name: str = option("paper", "job template: paper | compact | context | PATH.j2", flag="--template -t")
+    causal: bool = option(False, "context template: peers finished before this job's event time only")
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:

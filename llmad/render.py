@@ -18,18 +18,22 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmad.data.flowbench import PAPER_FEATURES
+from llmad.data.paper import pyfloat
 from llmad.errors import LlmadError
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 
 
-def pyfloat(v: Any) -> str:
-    """Python's float repr, as the LLM_AD sentences print values (``6.0``, ``nan``)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return str(f)
+def prompts_dir() -> Path:
+    """The built-in templates: ``llmad/prompts`` in an installed wheel, the top-level ``prompts/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "prompts", here.parent / "prompts"):
+        if (candidate / "job").is_dir():
+            return candidate
+    raise LlmadError(f"built-in templates not found (looked in {here / 'prompts'} and {here.parent / 'prompts'}); "
+                     "reinstall llmad")
+
+
+PROMPTS_DIR = prompts_dir()
 
 
 def compact_num(v: Any) -> str:

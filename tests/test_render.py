@@ -91,3 +91,21 @@ def test_compact_uses_far_fewer_tokens(genome_jobs):
     paper = token_counts(render_jobs(sample, "paper"), tok).mean()
     compact = token_counts(render_jobs(sample, "compact"), tok).mean()
     assert compact < 0.45 * paper
+
+
+def test_builtin_templates_are_found_in_a_checkout_and_in_a_wheel(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    import llmad.render as render
+
+    root = Path(render.__file__).resolve().parents[1]
+    assert render.prompts_dir() == root / "prompts"  # checkout (editable install): the top-level prompts/
+    # An installed wheel carries them as llmad/prompts (pyproject.toml + setup.py map prompts/ there).
+    site = tmp_path / "site" / "llmad"
+    shutil.copytree(root / "prompts", site / "prompts")
+    monkeypatch.setattr(render, "__file__", str(site / "render.py"))
+    assert render.prompts_dir() == site / "prompts"
+    shutil.rmtree(site / "prompts")
+    with pytest.raises(LlmadError, match="built-in templates not found"):
+        render.prompts_dir()

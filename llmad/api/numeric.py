@@ -1,4 +1,4 @@
-"""The numeric track's Python API: ``run_numeric(NumericConfig)`` -> metrics, ``pretrain_moment``, and the text
+"""The numeric track's Python API: ``run_numeric(NumericConfig)`` -> ``RunResult``, ``pretrain_moment``, and the text
 route (``render_windows``) that turns metric windows into "FEAT is VAL" sentences for ``llmad sft`` / ``icl``.
 
 One run: load a split (``nezha:trainticket``, ``smd:<machine>|all``, ``asd:<server>|all``, ``csv:<path>``) ->
@@ -8,20 +8,24 @@ threshold on validation points -> score test points -> time-series metrics (``ll
 Training windows (``shots``): unsupervised detectors (moment probe/lora, lstm-ae, iforest, lagllama full)
 train on train windows that hold no labelled anomaly (a labelled window is "known normal"); ``shots`` caps how
 many (seeded sample). Supervised ones (rf, hgb) take ``shots`` labelled windows, at least two of them anomalous
-when the pool has any; the pool is the train part when it is labelled (Nezha, csv), else every other event stretch of the
-validation part (SMD/ASD, whose train part has no labels), and the threshold is chosen on the other stretches.
+when the pool has any; the pool is the train part when it is labelled (Nezha, csv), else every other event stretch
+of the validation part (SMD/ASD, whose train part has no labels), and the threshold is chosen on the other stretches.
 ``shots=0`` means zero-shot (moment without fine-tuning, lagllama without fine-tuning); other methods refuse it.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from llmad.api.hooks import RunHooks
+from llmad.api.result import RunResult, predictions_frame
+from llmad.config import option
+from llmad.data.splits import subsample
 from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
 from llmad.errors import LlmadError
@@ -35,31 +39,34 @@ DEFAULT_WINDOW = {"nezha": 64, "asd": 64}  # Nezha stretches are a few hundred m
 class NumericConfig:
     """One numeric-track run (every CLI option of ``llmad numeric`` maps onto a field)."""
 
-    method: str = "iforest"
-    data: str = "asd:omi-1"
-    data_dir: str | None = None
-    split: str = "time"  # nezha: time | fault
-    test_types: list[str] | None = None  # nezha fault split: the unseen fault types
-    view: str = "pod"  # nezha: pod | system
-    window: int | None = None  # default 64 for nezha and asd, else 256 (moment: the model's seq_len, max 512)
-    stride: int | None = None  # validation/test stride (default window // 4)
-    train_stride: int | None = None  # default window // 16
-    shots: int | None = None  # training windows (see module doc); None = all
-    finetune: str = "none"  # moment: none | probe | lora; lagllama: none | full
-    model: str | None = None  # moment / lagllama: hub id or local folder; lagllama "scratch" = train a small one
-    max_steps: int = 200
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    hidden: int = 32  # lstm-ae
-    n_estimators: int = 200  # iforest / rf / hgb
-    seed: int = 0
-    limit_series: int | None = None  # smd/asd: first N machines (quick runs)
-    val_fraction: float = 0.3  # smd/asd: share of the labelled test part used for validation
-    event_tolerance: int = 0  # points after an event that still count as detecting it
-    threshold_objective: str = "f1"
-    out: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to the detector constructor
+    method: str = option("iforest", "moment | lagllama | lstm-ae | iforest | rf | hgb")
+    data: str = option("asd:omi-1", "nezha:trainticket | smd:<machine>|all | asd:<server>|all | csv:<path>")
+    data_dir: str | None = option(None, "Data folder (default: the shared data dir).")
+    split: str = option("time", "nezha: time | fault")
+    test_types: list[str] | None = option(None, "nezha --split fault: unseen types, comma list (default "
+                                                "cpu_contention)")
+    view: str = option("pod", "nezha: pod (per service) | system (all pods)")
+    window: int | None = option(None, "Window length (default 64 nezha/asd, 256 else, moment: model seq_len).")
+    stride: int | None = option(None, "Validation/test stride (default window/4).")
+    train_stride: int | None = option(None, "Training-window stride (default window/16).", cli=False)
+    shots: int | None = option(None, "Training windows (0 = zero-shot; rf/hgb: labelled windows). Default: all.")
+    finetune: str = option("none", "moment: none | probe | lora; lagllama: none | full")
+    model: str | None = option(None, "moment/lagllama: hub id or local folder (lagllama: 'scratch' trains a "
+                                     "small one here)")
+    max_steps: int = option(200, "Training steps cap (lstm-ae, moment probe/lora, lagllama).")
+    epochs: int = option(3, "Training epochs cap (lstm-ae, moment probe/lora).", cli=False)
+    batch_size: int = option(64, "Training batch size.", cli=False)
+    lr: float = option(1e-3, "Learning rate.", cli=False)
+    hidden: int = option(32, "lstm-ae hidden size.", cli=False)
+    n_estimators: int = option(200, "iforest / rf / hgb: trees or boosting iterations.", cli=False)
+    seed: int = option(0, "Seed of window sampling and training.")
+    limit_series: int | None = option(None, "smd/asd: only the first N machines.")
+    val_fraction: float = option(0.3, "smd/asd: share of the labelled test part used for validation.", cli=False)
+    event_tolerance: int = option(0, "Points after an event that still count as detecting it.", cli=False)
+    threshold_objective: str = option("f1", "Validation objective of the threshold: f1 | accuracy | youden.",
+                                      cli=False)
+    out: str | None = option(None, "Run folder (default runs/numeric/...).")
+    extra: dict[str, Any] = option(help="Passed to the detector constructor.", factory=dict, cli=False)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -117,7 +124,7 @@ def resolve_window(cfg: NumericConfig) -> int:
 # ---------------------------------------------------------------------------------------------- detectors
 def build_detector(cfg: NumericConfig, work_dir: Path | None = None, train: WindowSet | None = None):
     """The detector for ``cfg.method`` with its options."""
-    from llmad.detectors import numeric_baselines as nb
+    from llmad.detectors import windows as nb
 
     m, x = cfg.method, dict(cfg.extra)
     if m == "iforest":
@@ -156,12 +163,6 @@ def build_detector(cfg: NumericConfig, work_dir: Path | None = None, train: Wind
     raise LlmadError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
 
 
-def _sample(rows: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
-    if n is None or n >= len(rows):
-        return rows
-    return np.sort(rng.choice(rows, size=n, replace=False))
-
-
 def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, window: int
                     ) -> tuple[WindowSet, list[Series], dict[str, Any]]:
     """(training windows, validation series for the threshold, notes) following the module doc's rules."""
@@ -184,7 +185,7 @@ def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, wind
         if cfg.shots == 0:
             raise LlmadError(f"{cfg.method} is supervised: --shots 0 leaves nothing to learn from")
         y = pool.window_labels()
-        rows = _sample(np.arange(len(pool)), cfg.shots, rng)
+        rows = subsample(np.arange(len(pool)), cfg.shots, rng)
         pos = np.flatnonzero(y == 1)
         if cfg.shots is not None and len(pos) and y[rows].sum() < min(2, len(pos)):
             need = min(2, len(pos)) - int(y[rows].sum())
@@ -204,7 +205,7 @@ def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, wind
             if pool.all_labeled():
                 rows = rows[pool.window_labels() == 0]
                 info["dropped_anomalous_train_windows"] = int(len(pool) - len(rows))
-            train_ws = pool.subset(_sample(rows, cfg.shots, rng))
+            train_ws = pool.subset(subsample(rows, cfg.shots, rng))
         info["label_pool"] = "none (unsupervised; labels only drop known-anomalous train windows)"
     info["train_windows"] = int(len(train_ws))
     info["train_positive_windows"] = int(train_ws.window_labels().sum()) if len(train_ws) and \
@@ -213,17 +214,24 @@ def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, wind
 
 
 # ---------------------------------------------------------------------------------------------- run
-def run_numeric(cfg: NumericConfig) -> dict[str, Any]:
-    """Fit, calibrate on validation, score test; return metrics (and write a run folder when ``cfg.out``)."""
-    from llmad.rundir import peak_rss_mb
-    from llmad.metrics.timeseries import ts_report
+def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: RunHooks | None = None) -> RunResult:
+    """Fit, calibrate on validation, score test; write a run folder when ``cfg.out``.
 
+    ``split``: an already-loaded ``SeriesSplit`` of ``cfg.data`` (else loaded here). ``RunResult.metrics`` is the
+    metrics.json content; ``summary`` the line the CLI prints.
+    """
+    from llmad.metrics.timeseries import ts_report
+    from llmad.rundir import peak_rss_mb
+
+    hooks = hooks or RunHooks()
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     if cfg.shots is not None and cfg.shots < 0:
         raise LlmadError("--shots must be >= 0")
     t_start = time.perf_counter()
-    split = load_split(cfg)
+    if split is None:
+        hooks.stage(f"loading {cfg.data}")
+        split = load_split(cfg)
     window = resolve_window(cfg)
     stride = cfg.stride or max(1, window // 4)
     scaler = ZScore().fit(split.train)
@@ -235,11 +243,13 @@ def run_numeric(cfg: NumericConfig) -> dict[str, Any]:
                          "(choose another split or more validation data)")
     out_dir = Path(cfg.out) if cfg.out else None
     det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
+    hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
     t0 = time.perf_counter()
     det.fit(train_ws, None)
     fit_s = time.perf_counter() - t0
     val_scores = det.score_points(val_ws)
     det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
+    hooks.stage(f"scoring {len(test_ws)} test windows")
     t0 = time.perf_counter()
     test_scores = det.score_points(test_ws)
     score_s = time.perf_counter() - t0
@@ -265,18 +275,23 @@ def run_numeric(cfg: NumericConfig) -> dict[str, Any]:
     }
     if np.ptp(test_scores) == 0:
         metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
-    if cfg.out:
+    names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
+    idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])
+    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, det.threshold_)
+    preds.insert(0, "series", names)
+    preds.insert(1, "point", idx)
+    preds["event"] = ev
+    artifacts: dict[str, str] = {}
+    if out_dir is not None:
         from llmad.rundir import write_run
 
-        names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
-        idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])
-        preds = pd.DataFrame({"series": names, "point": idx, "label": y, "score": test_scores,
-                              "prediction": (test_scores >= det.threshold_).astype(int), "event": ev})
-        det_dir = Path(cfg.out) / "detector"
-        det.save(det_dir)
-        write_run(cfg.out, config={"numeric": asdict(cfg), "window": window, "stride": stride},
-                  metrics=metrics, predictions=preds, summary=summary_line(metrics))
-    return metrics
+        det.save(out_dir / "detector")
+        write_run(out_dir, config={"numeric": asdict(cfg), "window": window, "stride": stride},
+                  metrics=metrics, predictions=preds)
+        artifacts = {"detector": "detector", "predictions": "predictions.csv", "metrics": "metrics.json"}
+    details = {k: metrics[k] for k in ("method", "window", "stride", "shots", "selection", "threshold", "notes")}
+    return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out_dir,
+                     summary=summary_line(metrics))
 
 
 def _notes(cfg: NumericConfig) -> list[str]:
@@ -293,7 +308,8 @@ def summary_line(m: dict[str, Any]) -> str:
     t = m["test"]
     ev = t.get("event", {})
     return (f"{m['method']} on {m['dataset']}: F1 {t['f1']:.3f} P {t['precision']:.3f} R {t['recall']:.3f} "
-            f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} event recall {ev.get('event_recall', float('nan')):.2f} "
+            f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} "
+            f"event recall {ev.get('event_recall', float('nan')):.2f} "
             f"(threshold from validation; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
 
 
@@ -315,7 +331,7 @@ def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None =
         cfg = NumericConfig(data=spec, data_dir=data_dir)
         split = load_split(cfg)
         ws = make_windows(split.train, ZScore().fit(split.train), seq_len, max(1, seq_len // 2), part=f"{spec} train")
-        rows = _sample(np.arange(len(ws)), max_windows // len(data), rng)
+        rows = subsample(np.arange(len(ws)), max_windows // len(data), rng)
         # Datasets differ in channel count: flatten to univariate windows (MOMENT is channel-independent).
         w = ws.windows(rows)
         chunks.append(np.transpose(w, (0, 2, 1)).reshape(-1, seq_len, 1))

@@ -1,24 +1,29 @@
-"""Python API behind ``llmad sft`` and ``llmad predict``: ``run_sft(cfg)`` and ``run_predict(...)``.
+"""Python API behind ``llmad sft``: ``run_sft(cfg)`` (``llmad predict`` is ``llmad.api.predict``).
 
 ``run_sft`` = load split -> ``SFTDetector.fit`` (checkpoints under ``<out>/checkpoints``) -> threshold on validation
 -> test metrics -> ``<out>/model`` + config.json, metrics.json, predictions.csv, provenance.json (metrics.json last).
-The CLI, recipes and the harness call this, so a run from any of them is the same run.
+The CLI, recipes and the harness call this, so a run from any of them is the same run. Both return a
+``llmad.api.result.RunResult`` whose ``metrics`` is what ``metrics.json`` holds and whose ``summary`` is the line the
+CLI prints.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import pandas as pd
-
-from llmad.config import DataConfig
-from llmad.detectors.sft.detector import SFTConfig, SFTDetector, _is_main_process
+from llmad.api.hooks import RunHooks
+from llmad.api.result import RunResult, predictions_frame
+from llmad.config import DataConfig, option
+from llmad.data.splits import Split
+from llmad.detectors.sft.config import SFTConfig
+from llmad.detectors.sft.detector import SFTDetector
+from llmad.detectors.sft.training import is_main_process
 from llmad.errors import LlmadError
+from llmad.render import reads_context
 
 # Settings that may change between an interrupted run and its --resume without changing what is trained.
 _RESUME_FREE = {"max_time_s", "progress", "logging_steps", "extra"}
@@ -28,37 +33,34 @@ _RESUME_FREE = {"max_time_s", "progress", "logging_steps", "extra"}
 class SFTRunConfig:
     """One ``llmad sft`` run: data + fine-tuning settings + where outputs go."""
 
-    data: DataConfig = field(default_factory=lambda: DataConfig(spec="flowbench:1000genome", split="run"))
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    out: str | None = None  # default runs/sft/<workflow>-<timestamp>
-    resume: bool = False
-    keep_checkpoints: bool = False  # delete <out>/checkpoints once the final model is saved
-    save_model: bool = True
+    data: DataConfig = option(help="which data (its own options)", cli=False,
+                              factory=lambda: DataConfig(spec="flowbench:1000genome", split="run"))
+    sft: SFTConfig = option(help="fine-tuning settings (their own options)", factory=SFTConfig, cli=False)
+    out: str | None = option(None, "output folder [runs/sft/<data>-<time>]")
+    resume: bool = option(False, "continue an interrupted run in --out", flag="--resume")
+    keep_checkpoints: bool = option(False, "keep <out>/checkpoints once the final model is saved",
+                                    flag="--keep-checkpoints")
+    save_model: bool = option(True, "save the fine-tuned model under <out>/model", cli=False)
 
 
-def needs_context(template: str) -> bool:
-    """Whether a job template reads the ``ctx_*`` peer features."""
-    from llmad.render import reads_context
+def _hooks(hooks: RunHooks | None, printer: Callable[[str], None] | None) -> RunHooks:
+    """``hooks``, else one whose log is ``printer`` (the older keyword), else the printing default."""
+    if hooks is not None:
+        return hooks
+    return RunHooks(log=printer) if printer is not None else RunHooks()
 
-    return reads_context(template)
+
+def _data_name(spec: str) -> str:
+    return spec.split(":", 1)[-1].replace(",", "+").replace("/", "_")
 
 
-def load_run_split(data: DataConfig, template: str, causal: bool = False):
+def load_run_split(data: DataConfig, template: str, causal: bool = False) -> Split:
     """The split of ``data``, with peer features computed on the whole table when the template needs them."""
     from llmad.data import load_split
 
     return load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
-                      test_workflow=data.test_workflow, limit=data.limit, context=needs_context(template),
+                      test_workflow=data.test_workflow, limit=data.limit, context=reads_context(template),
                       causal=causal)
-
-
-def predictions_frame(jobs: pd.DataFrame, scores: np.ndarray, threshold: float) -> pd.DataFrame:
-    """Per-job output rows: ids, label, anomaly type, score, 0/1 prediction."""
-    cols = [c for c in ("workflow", "run_id", "job_id", "label", "anomaly_type") if c in jobs.columns]
-    out = jobs[cols].copy().reset_index(drop=True)
-    out["score"] = scores
-    out["prediction"] = (np.asarray(scores) >= threshold).astype(int)
-    return out
 
 
 def _check_resume(out: Path, cfg: SFTRunConfig) -> None:
@@ -80,39 +82,48 @@ def _check_resume(out: Path, cfg: SFTRunConfig) -> None:
                          f"resume with the same options or use another --out")
 
 
-def run_sft(cfg: SFTRunConfig, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, threshold on validation, evaluate on test, save model + run outputs; returns a summary dict."""
+def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | None = None,
+            printer: Callable[[str], None] | None = None) -> RunResult:
+    """Train, threshold on validation, evaluate on test, save model + run outputs.
+
+    ``split``: an already-loaded split of ``cfg.data`` (the harness's cached one); loaded here when None.
+    ``printer`` is the older name of ``hooks.log``. A paused run (``max_time_s``) returns empty metrics and
+    ``details["paused"] = True``; the fitted detector is ``details["detector"]``.
+    """
     from llmad.io import write_json
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.rundir import default_out, peak_rss_mb, write_run
 
+    hooks = _hooks(hooks, printer)
     t0 = time.perf_counter()
-    wf = cfg.data.spec.split(":", 1)[-1].replace(",", "+").replace("/", "_")
-    out = Path(cfg.out) if cfg.out else default_out("sft", wf)
+    out = Path(cfg.out) if cfg.out else default_out("sft", _data_name(cfg.data.spec))
     if not cfg.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise LlmadError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
                          f"or choose another --out")
     if cfg.resume:
         _check_resume(out, cfg)
-    if _is_main_process():
+    if is_main_process():
         write_json(out / "sft_run.json", cfg)
-    split = load_run_split(cfg.data, cfg.sft.template, cfg.sft.causal)
-    printer(f"data {cfg.data.spec}: {split.description}; sizes {split.sizes()}")
+    if split is None:
+        hooks.stage("loading data")
+        split = load_run_split(cfg.data, cfg.sft.template, cfg.sft.causal)
+    hooks.log(f"data {cfg.data.spec}: {split.description}; sizes {split.sizes()}")
+    hooks.stage(f"fine-tuning {cfg.sft.model} ({cfg.sft.template} template)")
     det = SFTDetector(cfg.sft)
-    det.fit(split.train, split.validation, output_dir=out, resume=cfg.resume, printer=printer)
+    det.fit(split.train, split.validation, output_dir=out, resume=cfg.resume, printer=hooks.log)
     info = dict(det.train_info_)
     if det.paused_:
         msg = (f"paused after {info['train_s']:.0f} s at step {info['steps']} (max_time_s): "
                f"continue with --resume --out {out}")
-        if _is_main_process():
+        if is_main_process():
             write_json(out / "paused.json", {"step": info["steps"], "epoch": info["epochs_done"], "message": msg})
-        printer(msg)
-        return {"out": str(out), "paused": True, "train_info": info}
-    if not _is_main_process():
-        return {"out": str(out), "paused": False, "rank": "worker"}
+        return RunResult({}, details={"paused": True, "train_info": info}, out_dir=out, summary=msg)
+    if not is_main_process():
+        return RunResult({}, details={"paused": False, "train_info": info, "rank": "worker"}, out_dir=out)
     (out / "paused.json").unlink(missing_ok=True)
     thr = float(det.threshold_)
     test = split.test
+    hooks.stage(f"scoring {len(test)} test jobs")
     test_scores, ms_per_job = timed_scoring(det.score, test)
     val_scores = getattr(det, "validation_scores_", None)
     if val_scores is None:
@@ -132,8 +143,10 @@ def run_sft(cfg: SFTRunConfig, printer: Callable[[str], None] = print) -> dict[s
         "peak_rss_mb": peak_rss_mb(),
         "wall_s": time.perf_counter() - t0,
     }
+    artifacts = {}
     if cfg.save_model:
         det.save(out / "model")
+        artifacts["model"] = "model"
     write_json(out / "train_log.json", det.trainer_state_["log_history"])
     if not cfg.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -142,56 +155,13 @@ def run_sft(cfg: SFTRunConfig, printer: Callable[[str], None] = print) -> dict[s
                f"{t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
                f"(threshold {thr:.3f}); train {info['train_s']:.0f} s, {metrics['inference_jobs_per_s']:.0f} jobs/s "
                f"scoring; outputs in {out}")
+    preds = predictions_frame(test, test_scores, thr)
     write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
-              metrics=metrics, predictions=predictions_frame(test, test_scores, thr), summary=None)
-    printer(summary)
-    return {"out": str(out), "paused": False, "metrics": metrics, "detector": det}
+              metrics=metrics, predictions=preds, summary=None)
+    artifacts.update(train_log="train_log.json", predictions="predictions.csv", metrics="metrics.json")
+    details = {"paused": False, "train_info": info, "detector": det, "threshold": thr, "split": split.kind,
+               "validation_scores": val_scores}
+    return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out, summary=summary)
 
 
-def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None, split: str | None = None,
-                part: str = "test", seed: int = 0, test_workflow: str | None = None, limit: int | None = None,
-                out: str | Path | None = None, quantize: bool = False,
-                printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score the jobs of ``spec`` (or one part of a split) with a saved SFT model; write predictions + metrics."""
-    from llmad.data.context import add_context_features
-    from llmad.data.flowbench import load_jobs
-    from llmad.metrics.classification import classification_report, timed_scoring
-    from llmad.rundir import default_out, peak_rss_mb, write_run
-
-    det = SFTDetector.load(model_dir, quantize=quantize)
-    template = det._template_ref()
-    if split:
-        data = DataConfig(spec=spec, data_dir=data_dir, split=split, seed=seed, test_workflow=test_workflow,
-                          limit=limit)
-        jobs = load_run_split(data, template, det.config.causal).part(part)
-    else:
-        jobs = load_jobs(spec, data_dir)
-        if limit and len(jobs) > limit:
-            jobs = jobs.sample(n=limit, random_state=seed).reset_index(drop=True)
-        if needs_context(template):
-            jobs = add_context_features(jobs, causal=det.config.causal)
-    scores, ms = timed_scoring(det.score, jobs)
-    thr = float(det.threshold_)
-    metrics = {"method": "sft", "model_dir": str(model_dir), "data": spec, "split": split,
-               "part": part if split else None,
-               "threshold": thr, "jobs": int(len(jobs)), "inference_ms_per_job": ms,
-               "inference_jobs_per_s": 1000.0 / ms if ms > 0 else float("nan"), "quantized": quantize,
-               "peak_rss_mb": peak_rss_mb()}
-    if "label" in jobs.columns and jobs["label"].notna().all():
-        metrics["report"] = classification_report(jobs["label"], scores, threshold=thr,
-                                                  anomaly_types=jobs.get("anomaly_type"))
-    wf = spec.split(":", 1)[-1].replace(",", "+").replace("/", "_")
-    out = Path(out) if out else default_out("predict", wf)
-    preds = predictions_frame(jobs, scores, thr)
-    write_run(out, config={"model_dir": str(model_dir), "data": spec, "split": split, "part": part, "seed": seed,
-                           "limit": limit, "quantize": quantize}, metrics=metrics, predictions=preds)
-    r = metrics.get("report")
-    line = (f"scored {len(jobs)} jobs ({metrics['inference_jobs_per_s']:.0f} jobs/s), "
-            f"{int(preds['prediction'].sum())} flagged")
-    if r:
-        line += f"; accuracy {r['accuracy']:.4f} F1 {r['f1']:.4f}"
-    printer(f"{line}; outputs in {out}")
-    return {"out": str(out), "metrics": metrics, "predictions": preds}
-
-
-__all__ = ["SFTRunConfig", "run_sft", "run_predict", "load_run_split", "needs_context", "predictions_frame"]
+__all__ = ["SFTRunConfig", "run_sft", "load_run_split"]

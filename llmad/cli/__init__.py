@@ -4,20 +4,16 @@ Errors caused by input (``LlmadError``) print one line and exit 2, never a trace
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
-app = typer.Typer(help="Anomaly detection for workflow jobs and service metrics with language models.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Find, fetch and describe datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+from llmad.cli.apps import app, data_app
 
-# One module per concern; each adds its commands to `app` (or `data_app`) on import.
-COMMAND_MODULES = ["data", "render", "baseline", "sft", "icl", "stream", "numeric", "compare"]
-for _mod in COMMAND_MODULES:
-    importlib.import_module(f"llmad.cli.{_mod}")
+# One module per concern; each adds its commands to `app` (or `data_app`) on import, in this order (`llmad --help`).
+from llmad.cli import data, render, baseline, sft, icl, stream, numeric, compare  # noqa: F401
+
+__all__ = ["app", "data_app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

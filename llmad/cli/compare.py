@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from llmad.cli import app
+from llmad.cli.apps import app
 
 
 @app.command()

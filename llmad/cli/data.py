@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from llmad.cli import data_app
+from llmad.cli.apps import data_app
 
 DataDir = typer.Option(None, "--data-dir", help="Data folder (default: $LLMAD_DATA_DIR, ./data, ../shared/data).")
 

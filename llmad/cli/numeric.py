@@ -10,45 +10,26 @@ from typing import List, Optional
 
 import typer
 
-from llmad.cli import app
+from llmad.cli.apps import app
+from llmad.cli.options import ConfigCommand, config_options
 
 pretrain_app = typer.Typer(help="Self-supervised pretraining of small foundation models on unlabeled train data.",
                            no_args_is_help=True)
 app.add_typer(pretrain_app, name="pretrain")
 
 
-@app.command()
-def numeric(method: str = typer.Option("iforest", help="moment | lagllama | lstm-ae | iforest | rf | hgb"),
-            data: str = typer.Option("asd:omi-1", "--data",
-                                     help="nezha:trainticket | smd:<machine>|all | asd:<server>|all | csv:<path>"),
-            shots: Optional[int] = typer.Option(None, help="Training windows (0 = zero-shot; rf/hgb: labelled "
-                                                           "windows). Default: all."),
-            finetune: str = typer.Option("none", help="moment: none | probe | lora; lagllama: none | full"),
-            model: Optional[str] = typer.Option(None, help="moment/lagllama: hub id or local folder "
-                                                           "(lagllama: 'scratch' trains a small one here)"),
-            split: str = typer.Option("time", help="nezha: time | fault"),
-            test_types: Optional[str] = typer.Option(None, help="nezha --split fault: unseen types, comma list "
-                                                                "(default cpu_contention)"),
-            view: str = typer.Option("pod", help="nezha: pod (per service) | system (all pods)"),
-            window: Optional[int] = typer.Option(None, help="Window length (default 64 nezha/asd, 256 else, "
-                                                            "moment: model seq_len)"),
-            stride: Optional[int] = typer.Option(None, help="Validation/test stride (default window/4)."),
-            max_steps: int = typer.Option(200, help="Training steps cap (lstm-ae, moment probe/lora, lagllama)."),
-            limit_series: Optional[int] = typer.Option(None, help="smd/asd: only the first N machines."),
-            seed: int = typer.Option(0),
-            data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-            out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/numeric/...)."),
-            ) -> None:
+@app.command(cls=ConfigCommand)
+@config_options("llmad.api.numeric:NumericConfig", into="opts")
+def numeric(opts: dict) -> None:
     """Fit a numeric detector on train windows, threshold on validation, report test metrics."""
     from llmad.api.numeric import NumericConfig, run_numeric
+    from llmad.config import merge
     from llmad.rundir import default_out
 
-    cfg = NumericConfig(method=method, data=data, shots=shots, finetune=finetune, model=model, split=split,
-                        test_types=[t.strip() for t in test_types.split(",")] if test_types else None,
-                        view=view, window=window, stride=stride, max_steps=max_steps, limit_series=limit_series,
-                        seed=seed, data_dir=data_dir,
-                        out=out or str(default_out("numeric", f"{method}-{data.replace(':', '-').replace('/', '_')}")))
-    run_numeric(cfg)
+    cfg = merge(NumericConfig(), opts)
+    if not cfg.out:
+        cfg.out = str(default_out("numeric", f"{cfg.method}-{cfg.data.replace(':', '-').replace('/', '_')}"))
+    print(run_numeric(cfg).summary)
     typer.echo(f"wrote {cfg.out}")
 
 

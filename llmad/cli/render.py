@@ -5,28 +5,32 @@ from typing import Optional
 
 import typer
 
-from llmad.cli import app
+from llmad.cli.apps import app
+from llmad.cli.options import ConfigCommand, config_options
+from llmad.config import DataConfig, TemplateConfig
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
+@config_options(DataConfig, into="data_opts", exclude=("limit",))
+@config_options(TemplateConfig, into="template_opts")
 def render(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:1000genome"),
-           template: str = typer.Option("paper", "--template", "-t", help="paper | compact | context | a .j2 path"),
-           split: str = typer.Option("run", help="run | paper (the paper's job-level split) | workflow"),
+           data_opts: dict = None, template_opts: dict = None,
            part: str = typer.Option("test", help="train | validation | test"),
-           seed: int = typer.Option(0),
-           causal: bool = typer.Option(False, help="Context from earlier-finished peers only."),
-           test_workflow: Optional[str] = typer.Option(None, help="For --split workflow."),
-           data_dir: Optional[str] = typer.Option(None, "--data-dir"),
            out: Optional[str] = typer.Option(None, "--out", "-o", help="CSV to write (else print examples)."),
            n: int = typer.Option(5, help="Examples to print without --out.")) -> None:
     """Render jobs with a template; with --split paper --template paper this reproduces the published sentences."""
     import pandas as pd
 
+    from llmad.config import merge
     from llmad.data import load_split
     from llmad.render import get_template, render_jobs
 
+    d = merge(DataConfig(spec=spec), data_opts)
+    t = merge(TemplateConfig(), template_opts)
+    template, causal, split = t.name, t.causal, d.split
+
     get_template(template, "job")  # fail on a bad template before loading data
-    s = load_split(spec, split=split, seed=seed, data_dir=data_dir, test_workflow=test_workflow,
+    s = load_split(spec, split=split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
                    context=(template == "context"), causal=causal)
     df = s.part(part)
     texts = render_jobs(df, template, causal=causal)

@@ -10,10 +10,17 @@ from typing import Optional
 
 import typer
 
-from llmad.cli import app
+from llmad.cli.apps import app
+from llmad.cli.options import ConfigCommand, config_options
+
+# watch scores with torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that
+# batch-invariant to ~1e-7 (bf16/int8 move scores by ~1e-3/1e-2, which could flip an alert after a restart).
+WATCH_DEFAULTS = {"backend": "torch"}
+STREAM_CONFIG = "llmad.stream.config:StreamConfig"
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
+@config_options(STREAM_CONFIG, into="stream_opts")
 def replay(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
     data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
@@ -25,39 +32,31 @@ def replay(
     runs: Optional[int] = typer.Option(None, "--runs", help="replay a seeded sample of N runs of the part"),
     train_runs: Optional[int] = typer.Option(None, "--train-runs", help="baseline:...: fit on N train runs"),
     val_runs: Optional[int] = typer.Option(None, "--val-runs", help="--threshold validation: replay N runs"),
-    reveal: str = typer.Option("events", "--reveal", help="events | features (the paper's online study)"),
-    speed: str = typer.Option("max", "--speed", help="max | Nx (pace event time N times faster than real)"),
-    alert: str = typer.Option("threshold", "--alert", help="threshold | k-of-n"),
-    k: int = typer.Option(2, "--k", help="k-of-n: hits needed"),
-    n: int = typer.Option(3, "--n", help="k-of-n: window of observations"),
-    threshold: str = typer.Option("model", "--threshold", help="model | validation | a number"),
-    batch: str = typer.Option("run", "--batch", help="run | step: batch scoring per run or per time step"),
-    quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
-    backend: str = typer.Option("auto", "--backend",
-                                help="SFT scoring: auto | torch | bf16 | onnx | onnx-int8 (llmad.detectors.sft.fast)"),
-    workers: int = typer.Option(1, "--workers", help="SFT scoring threads (e.g. 2 on 2 cores: batches in parallel)"),
+    stream_opts: dict = None,
     out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/replay/...)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no per-run progress lines"),
 ) -> None:
     """Replay DAG runs in event time; per-job first alert, lead times, false alerts, early-detection curve."""
-    from llmad.stream import StreamConfig, run_replay
-
-    cfg = StreamConfig(reveal=reveal, speed=speed, alert=alert, k=k, n=n, threshold=threshold, batch=batch,
-                       quantize=quantize, backend=backend, workers=workers).check()
     import json
 
-    from llmad.stream import parse_speed
+    from llmad.api.hooks import RunHooks
+    from llmad.api.replay import run_replay
+    from llmad.config import merge
+    from llmad.stream.config import StreamConfig, parse_speed
 
+    cfg = merge(StreamConfig(), stream_opts).check()
     prog = None if quiet else (lambda m: typer.echo(m, err=True))
     # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
-    live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(speed) is not None else None
-    _, out_dir = run_replay(model, data, cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
-                            train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
-                            progress=prog, on_alert=live)
-    typer.echo(f"wrote {out_dir}")
+    live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
+    res = run_replay(model, data, cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
+                     train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
+                     hooks=RunHooks(log=prog), on_alert=live)
+    typer.echo(f"wrote {res.out_dir}")
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
+@config_options(STREAM_CONFIG, into="stream_opts", exclude=("reveal", "speed", "batch", "workers"),
+                defaults=WATCH_DEFAULTS, helps={"threshold": "(watch: model or a number)"})
 def watch(
     path: str = typer.Argument(..., help="feed file (CSV with header, or JSON lines), or - for stdin"),
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder"),
@@ -67,41 +66,36 @@ def watch(
     follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for appended records"),
     poll: float = typer.Option(0.2, "--poll", help="seconds between polls of the feed"),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="stop after N s without new records"),
-    alert: str = typer.Option("threshold", "--alert", help="threshold | k-of-n"),
-    k: int = typer.Option(2, "--k"),
-    n: int = typer.Option(3, "--n"),
-    threshold: str = typer.Option("model", "--threshold", help="model | a number"),
+    stream_opts: dict = None,
     batch_lines: int = typer.Option(2000, "--batch-lines", help="records per scoring batch / checkpoint"),
     max_runs: int = typer.Option(64, "--max-runs", help="runs kept in memory (least recently updated dropped)"),
     checkpoint_s: float = typer.Option(1.0, "--checkpoint-s",
                                        help="seconds between checkpoints (alerts are written at checkpoints)"),
-    quantize: bool = typer.Option(False, "--quantize", help="SFT models: int8 dynamic quantization (CPU)"),
-    # torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that batch-invariant
-    # to ~1e-7 (bf16/int8 move scores by ~1e-3/1e-2, which could flip an alert at the threshold after a restart).
-    backend: str = typer.Option("torch", "--backend",
-                                help="SFT scoring: torch | auto | bf16 | onnx | onnx-int8 (llmad.detectors.sft.fast)"),
 ) -> None:
     """Tail a job-update feed; score new/updated jobs; write each job's first alert once (resumes after a kill)."""
     import signal
     import sys
     from pathlib import Path
 
+    from llmad.api.replay import open_detector
+    from llmad.config import merge
     from llmad.errors import LlmadError
-    from llmad.stream import StreamConfig, Watcher, open_detector
+    from llmad.stream.config import StreamConfig
+    from llmad.stream.watch import Watcher
 
-    StreamConfig(alert=alert, k=k, n=n, backend=backend).check()
+    cfg = merge(StreamConfig(**WATCH_DEFAULTS), stream_opts).check()
     if fmt not in (None, "csv", "jsonl"):
         raise LlmadError(f"--format {fmt!r}: expected csv or jsonl")
-    det = open_detector(model, quantize=quantize, backend=backend)
-    if threshold == "model":
+    det = open_detector(model, quantize=cfg.quantize, backend=cfg.backend)
+    if cfg.threshold == "model":
         if getattr(det, "threshold_", None) is None:
             raise LlmadError("the model has no validation threshold; pass --threshold NUMBER")
         thr = float(det.threshold_)
     else:
         try:
-            thr = float(threshold)
+            thr = float(cfg.threshold)
         except ValueError:
-            raise LlmadError(f"--threshold {threshold!r}: expected model or a number") from None
+            raise LlmadError(f"--threshold {cfg.threshold!r}: expected model or a number") from None
     state_path = state or (f"{alerts}.state.json" if alerts else None)
     if state_path is None:
         typer.echo("llmad watch: no --alerts/--state file: progress is not saved (a restart starts over)", err=True)
@@ -114,7 +108,7 @@ def watch(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    w = Watcher(det, thr, alert=alert, k=k, n=n, fmt=fmt, state_path=state_path, alerts_path=alerts,
+    w = Watcher(det, thr, alert=cfg.alert, k=cfg.k, n=cfg.n, fmt=fmt, state_path=state_path, alerts_path=alerts,
                 batch_lines=batch_lines, max_runs=max_runs, checkpoint_s=checkpoint_s)
     info = w.run(path, follow=follow, poll_s=poll, idle_exit_s=idle_exit, stop=lambda: stopping["flag"])
     typer.echo(f"llmad watch: {info.get('records', 0)} records, {info.get('alerts', 0)} alerts, "

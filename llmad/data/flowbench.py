@@ -74,7 +74,7 @@ def archive_members(src: Path) -> list[tuple[str, callable]]:
 
 
 def load_jobs(spec: str | Path, data_dir: str | Path | None = None) -> pd.DataFrame:
-    """Load a Flow-Bench spec (``flowbench:<workflow>``, ``flowbench:<path>``, a path, or a comma list) as one job table."""
+    """Load a Flow-Bench spec (``flowbench:<workflow>``, ``flowbench:<path>``, a path or a comma list) as one table."""
     spec = str(spec)
     kind, arg = parse_spec(spec) if not Path(spec).exists() else ("flowbench", spec)
     if kind != "flowbench":

@@ -143,3 +143,58 @@ def reveal_features(jobs: pd.DataFrame, k: int, order: Sequence[str] = PAPER_FEA
     return out
 
 
+
+# ---------------------------------------------------------------------------------------------- stage cuts
+# The stages of a job's life in event order, each closed by these timestamps (ready -> submit: wms; stage-in;
+# submit -> execute_start: queue, host; execute_end: runtime, kickstart; stage-out; post-script). A table without
+# timestamps (synthetic or feature-only jobs) cannot be cut at event times, so it is cut at a stage instead; what a
+# stage reveals comes from ENDPOINTS and CTX_NEEDS, the same tables make_partial uses.
+STAGE_EVENTS: list[tuple[str, ...]] = [("submit",), ("stage_in_start", "stage_in_end"), ("execute_start",),
+                                       ("execute_end",), ("stage_out_start", "stage_out_end"),
+                                       ("post_script_start", "post_script_end")]
+_EVENT_STAGE = {t: k for k, events in enumerate(STAGE_EVENTS) for t in events}
+# Timestamps that event-time cuts need; a table without them is cut at stages.
+EVENT_COLUMNS = ("submit", "execute_start", "execute_end")
+
+
+def reveal_stage(column: str) -> int:
+    """Index into STAGE_EVENTS of the stage whose events reveal ``column``; -1 when known before the first stage
+    (ids, the DAG's static fields, ``ready``, the pre-script)."""
+    needs = CTX_NEEDS.get(column)
+    if needs is not None:
+        return max((reveal_stage(f) for f in needs), default=-1)
+    return max((_EVENT_STAGE.get(e, -1) for e in ENDPOINTS.get(column, ())), default=-1)
+
+
+# The paper features each stage reveals (wms | stage-in delay, bytes | queue | runtime, cpu | stage-out | post).
+PREFIX_STAGES: list[list[str]] = [[f for f in PAPER_FEATURES if reveal_stage(f) == k] for k in range(len(STAGE_EVENTS))]
+
+
+def partial_at_stage(jobs: pd.DataFrame, stage: int) -> pd.DataFrame:
+    """Copy of ``jobs`` as seen before stage ``stage`` (0-based into STAGE_EVENTS): what it or a later stage
+    reveals (fields, timestamps, peer features via CTX_NEEDS) becomes NaN."""
+    if not 0 <= stage <= len(STAGE_EVENTS):
+        raise ValueError(f"stage must be in 0..{len(STAGE_EVENTS)}")
+    out = jobs.copy()
+    cols = [c for c in out.columns if reveal_stage(c) >= stage]
+    out[cols] = np.nan
+    return out
+
+
+def stage_prefix_augment(jobs: pd.DataFrame, copies: int = 1, seed: int = 0) -> pd.DataFrame:
+    """``jobs`` plus ``copies`` partial versions of each, cut before a random stage 1..5 (same labels)."""
+    rng = np.random.default_rng(seed)
+    parts = [jobs]
+    for _ in range(copies):
+        cut = rng.integers(1, len(STAGE_EVENTS), size=len(jobs))
+        for k in np.unique(cut):
+            parts.append(partial_at_stage(jobs[cut == k], int(k)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def augment_with_prefixes(jobs: pd.DataFrame, copies: int = 1, seed: int = 0) -> tuple[pd.DataFrame, str]:
+    """(``jobs`` + partial copies, how they were cut): at event times (``prefix_augment``, the rows a streaming
+    replay scores) when the table has timestamps, else at stages (``stage_prefix_augment``)."""
+    if set(EVENT_COLUMNS) <= set(jobs.columns):
+        return prefix_augment(jobs, copies=copies, seed=seed), "events"
+    return stage_prefix_augment(jobs, copies=copies, seed=seed), "stages"

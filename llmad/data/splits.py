@@ -3,7 +3,6 @@ available for comparison and named as such everywhere; ``workflow`` is leave-one
 """
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from llmad.data.flowbench import PAPER_FEATURES
-from llmad.data.specs import find_data_dir
+from llmad.data.paper import paper_sentences, parse_paper_sentence, published_rows
 from llmad.errors import DataError, LlmadError
 
 SPLIT_KINDS = ("run", "paper", "workflow")
@@ -120,36 +119,13 @@ def workflow_split(jobs: pd.DataFrame, test_workflow: str, seed: int = 0) -> Spl
     return Split(train, val, test, "workflow", DESCRIPTIONS["workflow"], info)
 
 
-_SENT = re.compile(r"(\w+) is (\S+) ")
-
-
-def parse_paper_sentence(text: str) -> dict[str, float]:
-    """Features back from a published sentence (``wms_delay is 6.0 ...``)."""
-    return {k: float(v) for k, v in _SENT.findall(text)}
-
-
-def published_rows(workflow: str, part: str, data_dir: str | Path | None = None) -> pd.DataFrame:
-    """The published LLM_AD rows (``text,label``) for a workflow and part."""
-    base = find_data_dir(data_dir, needs=f"llm_ad/{workflow}")
-    path = base / "llm_ad" / workflow / f"{part}.csv"
-    if not path.is_file():
-        raise DataError(f"no published {part} rows for workflow {workflow!r}", file=str(path))
-    df = pd.read_csv(path)
-    for col in ("text", "label"):
-        if col not in df.columns:
-            raise DataError("missing column", file=str(path), row=1, field=col)
-    return df
-
-
 def paper_split(jobs: pd.DataFrame, data_dir: str | Path | None = None) -> Split:
     """Validation/test = the published LLM_AD rows; train = the multiset remainder of the jobs."""
-    from llmad.render import render_jobs
-
     wfs = jobs["workflow"].unique()
     if len(wfs) != 1:
         raise LlmadError("the paper split is defined per workflow; load one workflow")
     wf = wfs[0]
-    texts = render_jobs(jobs, "paper")
+    texts = paper_sentences(jobs)
     pool: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, (t, y) in enumerate(zip(texts, jobs["label"].to_numpy())):
         pool[(t, int(y))].append(i)
@@ -178,7 +154,7 @@ def paper_split(jobs: pd.DataFrame, data_dir: str | Path | None = None) -> Split
         parts[part] = pd.DataFrame(rows, columns=list(jobs.columns) + ["published_text"])
         unmatched[part] = miss
     train = jobs.drop(index=jobs.index[sorted(taken)]).reset_index(drop=True)
-    train_texts = set(render_jobs(train, "paper"))
+    train_texts = set(paper_sentences(train))
     test_texts = parts["test"]["published_text"]
     overlap = float(np.mean([t in train_texts for t in test_texts]))
     info = {"workflow": wf, "unmatched_rows": {p: len(v) for p, v in unmatched.items()},
@@ -204,7 +180,7 @@ def make_split(jobs: pd.DataFrame, kind: str = "run", seed: int = 0, test_workfl
         for p in ("train", "validation", "test"):
             df = split.part(p)
             if len(df) > limit:
-                setattr(split, p, df.sample(n=limit, random_state=seed).reset_index(drop=True))
+                setattr(split, p, subsample(df, limit, seed))
         split.info["limit_per_part"] = limit
     split.info["sizes"] = split.sizes()
     return split

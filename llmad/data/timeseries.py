@@ -150,8 +150,8 @@ def time_split_series(series: Sequence[Series], fractions: tuple[float, float, f
             if hi > lo:
                 parts[name].append(s.slice(lo, hi, name=f"{s.name}/{name}"))
     return SeriesSplit(parts["train"], parts["validation"], parts["test"], kind=kind,
-                       description=f"time split per series, earlier -> later: "
-                                   f"{fractions[0]:.0%} train / {fractions[1]:.0%} validation / {fractions[2]:.0%} test",
+                       description=f"time split per series, earlier -> later: {fractions[0]:.0%} train / "
+                                   f"{fractions[1]:.0%} validation / {fractions[2]:.0%} test",
                        info={"fractions": list(fractions)})
 
 

@@ -5,10 +5,10 @@
 """
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from llmad.config import option
 from llmad.data.context import CONTEXT_FEATURES, add_context_features
 from llmad.data.flowbench import PAPER_FEATURES
-from llmad.detectors.base import Detector
+from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.errors import LlmadError
 
 METHODS = ("rf", "hgb", "iforest", "knn")
@@ -31,11 +32,34 @@ FEATURE_SETS = ("plain", "context")
 class BaselineConfig:
     """A classical detector on job features."""
 
-    method: str = "rf"
-    features: str = "plain"  # plain | context
-    causal: bool = False  # context features from earlier-finished peers only
-    seed: int = 0
-    n_estimators: int = 300
+    method: str = option("rf", "rf | hgb | iforest | knn")
+    features: str = option("plain", "plain (the 9 sentence features) | context (+ peer/host)")
+    causal: bool = option(False, "Context from earlier-finished peers only.")
+    seed: int = option(0, "Seed of the estimator (and of the split, on the CLI).")
+    n_estimators: int = option(300, "Trees (rf, iforest) or boosting iterations (hgb).", cli=False)
+
+
+def make_estimator(method: str, *, n_estimators: int = 300, seed: int = 0, n_jobs: int = 2, balanced: bool = False,
+                   max_samples: int | str = "auto") -> Any:
+    """The one place that builds the classical estimators (job baselines and window detectors alike).
+
+    One set of defaults; ``balanced=True`` weights classes by inverse frequency (rf: ``balanced_subsample`` with
+    ``min_samples_leaf=2``; hgb: ``balanced``), which the window detectors use because their few-shot label pools
+    are small and imbalanced. ``n_jobs`` does not change results (sklearn draws every tree's seed up front).
+    """
+    if method == "rf":
+        extra: dict[str, Any] = ({"class_weight": "balanced_subsample", "min_samples_leaf": 2} if balanced
+                                 else {"min_samples_leaf": 1})
+        # NaN marks missing stages (no transfer); sklearn's forest handles it natively.
+        return RandomForestClassifier(n_estimators=n_estimators, n_jobs=n_jobs, random_state=seed, **extra)
+    if method == "hgb":
+        return HistGradientBoostingClassifier(max_iter=n_estimators, learning_rate=0.1, random_state=seed,
+                                              early_stopping=False, class_weight="balanced" if balanced else None)
+    if method == "iforest":
+        return IsolationForest(n_estimators=n_estimators, random_state=seed, max_samples=max_samples, n_jobs=n_jobs)
+    if method == "knn":
+        return KNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=n_jobs)
+    raise LlmadError(f"unknown estimator {method!r}; expected one of {', '.join(METHODS)}")
 
 
 def feature_columns(features: str) -> list[str]:
@@ -58,6 +82,8 @@ def feature_matrix(jobs: pd.DataFrame, features: str = "plain", causal: bool = F
 class BaselineDetector(Detector):
     """sklearn detectors behind the common contract; supervised ones use labels, iforest does not."""
 
+    kind = "baseline"
+
     def __init__(self, method: str = "rf", features: str = "plain", causal: bool = False, seed: int = 0,
                  n_estimators: int = 300):
         self.method, self.features, self.causal, self.seed, self.n_estimators = (
@@ -70,22 +96,14 @@ class BaselineDetector(Detector):
         return cls(**asdict(cfg))
 
     def _model(self):
-        n_jobs = 2
-        if self.method == "rf":
-            # NaN marks missing stages (no transfer); sklearn's forest handles it natively.
-            return RandomForestClassifier(n_estimators=self.n_estimators, n_jobs=n_jobs, random_state=self.seed,
-                                          min_samples_leaf=1)
-        if self.method == "hgb":
-            return HistGradientBoostingClassifier(max_iter=self.n_estimators, learning_rate=0.1,
-                                                  random_state=self.seed, early_stopping=False)
-        if self.method == "knn":
-            return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0), StandardScaler(),
-                                 KNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=n_jobs))
-        if self.method == "iforest":
-            return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0),
-                                 IsolationForest(n_estimators=self.n_estimators, random_state=self.seed,
-                                                 n_jobs=n_jobs))
-        raise LlmadError(f"unknown baseline method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.method not in METHODS:
+            raise LlmadError(f"unknown baseline method {self.method!r}; expected one of {', '.join(METHODS)}")
+        est = make_estimator(self.method, n_estimators=self.n_estimators, seed=self.seed)
+        if self.method in ("rf", "hgb"):
+            return est
+        # knn and iforest do not take NaN: missing stages become -1 (knn also standardises its inputs)
+        scale = [StandardScaler()] if self.method == "knn" else []
+        return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0), *scale, est)
 
     def _x(self, jobs: pd.DataFrame) -> np.ndarray:
         x = feature_matrix(jobs, self.features, self.causal)
@@ -116,22 +134,22 @@ class BaselineDetector(Detector):
         return self.model_.predict_proba(x)[:, 1]
 
     def save(self, path: str | Path) -> None:
-        """Pickle the sklearn model (our own object, trusted) plus a JSON config."""
+        """Pickle the sklearn model (our own object, trusted) plus detector.json with the config and threshold."""
+        from llmad.io import atomic_path
+
         p = Path(path)
-        p.mkdir(parents=True, exist_ok=True)
-        (p / "detector.json").write_text(json.dumps({"kind": "baseline", **self.get_params(),
-                                                     "threshold": self.threshold_}))
-        with open(p / "model.pkl", "wb") as fh:
+        with atomic_path(p / "model.pkl") as tmp, open(tmp, "wb") as fh:
             pickle.dump(self.model_, fh)
+        write_detector_json(p, self.kind, {**self.get_params(), "threshold": self.threshold_})
 
     @classmethod
     def load(cls, path: str | Path) -> "BaselineDetector":
         """Load a saved baseline."""
         p = Path(path)
-        meta = json.loads((p / "detector.json").read_text())
+        meta = read_detector_json(p)
         thr = meta.pop("threshold")
         meta.pop("kind", None)
-        meta.pop("name", None)
+        meta.pop("name", None)  # written by versions before get_params left the derived name out
         det = cls(**meta)
         with open(p / "model.pkl", "rb") as fh:
             det.model_ = pickle.load(fh)

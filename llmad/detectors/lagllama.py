@@ -12,9 +12,9 @@ Checkpoints: the official ``lag-llama.ckpt`` (Lightning format: ``hyper_paramete
 ``state_dict`` with ``model.`` keys) from the hub id ``time-series-foundation-models/Lag-Llama`` or a path.
 Files are read with ``torch.load(weights_only=True)``; llmad writes the distribution output by name so its own
 checkpoints need nothing more. The official file pickles a gluonts ``StudentTOutput`` (loading it can run
-code), so it loads only from the official hub id or with ``trust_checkpoint=True``. Offline, ``build_small_lagllama`` writes a small
-checkpoint in the same format (tests; ``llmad numeric --method lagllama`` trains one on the train part when
-``--model`` is ``scratch``).
+code), so it loads only from the official hub id or with ``trust_checkpoint=True``. Offline,
+``build_small_lagllama`` writes a small checkpoint in the same format (tests; ``llmad numeric --method lagllama``
+trains one on the train part when ``--model`` is ``scratch``).
 
 Where llmad differs: time features are computed from a synthetic per-minute index when the checkpoint wants
 them (our windows carry no calendar); history shorter than the largest lag is zero-padded and marked
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from llmad.data.windows import WindowSet
-from llmad.detectors.windows import WindowDetector, _torch_threads, as_windows, check_finite
+from llmad.detectors.windows import WindowDetector, as_windows, check_finite, torch_threads
 from llmad.errors import LlmadError, ModelNotFoundError
 
 HUB_ID = "time-series-foundation-models/Lag-Llama"
@@ -216,6 +216,7 @@ class LagLlamaDetector(WindowDetector):
     """One-step-ahead forecast NLL (or z-distance) per point; ``finetune`` = none | full (NLL on train)."""
 
     name = "lagllama"
+    kind = "lagllama"
     zero_shot_ok = True
 
     def __init__(self, model: str = HUB_ID, finetune: str = "none", score_kind: str = "nll", max_steps: int = 100,
@@ -235,7 +236,7 @@ class LagLlamaDetector(WindowDetector):
 
         from llmad.models.resolve import pick_device_dtype
 
-        _torch_threads()
+        torch_threads()
         torch.manual_seed(self.seed)
         # The official hub file pickles a gluonts object; naming its hub id is the user's explicit choice of it.
         ckpt = load_checkpoint(resolve_checkpoint(self.model), self.trust_checkpoint or self.model == HUB_ID)
@@ -298,11 +299,11 @@ class LagLlamaDetector(WindowDetector):
         from llmad.io import atomic_path
 
         path = Path(path)
-        self._write_meta(path, {"history": self.history_})
         with atomic_path(path / CKPT_NAME) as tmp:
             torch.save({"hyper_parameters": {"model_kwargs": _plain_kwargs(self.kw_)},
                         "state_dict": {f"model.{k}": v.cpu() for k, v in self.model_.state_dict().items()}},
                        str(tmp))
+        self._write_meta(path, {"history": self.history_})
 
     @classmethod
     def load(cls, path: str | Path) -> "LagLlamaDetector":

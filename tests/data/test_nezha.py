@@ -1,7 +1,6 @@
 """Nezha TrainTicket loader: real archive (labels from inject_time, both views, both splits) and bad input."""
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from pathlib import Path

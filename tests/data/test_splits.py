@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from llmad.data.flowbench import load_jobs
-from llmad.data.splits import make_split, parse_paper_sentence, run_anomaly_type
+from llmad.data.paper import parse_paper_sentence
+from llmad.data.splits import make_split, run_anomaly_type
 from llmad.errors import LlmadError
 
 from conftest import make_run_frame, write_zip

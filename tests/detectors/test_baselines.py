@@ -11,7 +11,8 @@ from llmad.metrics.classification import classification_report
 @pytest.mark.parametrize("method", ["rf", "hgb", "knn", "iforest"])
 def test_baselines_fit_score_save_load(tiny_zip, tmp_path, method):
     s = make_split(load_jobs(str(tiny_zip)), "run", seed=0)
-    det = BaselineDetector(method, "context" if method == "hgb" else "plain", n_estimators=20).fit(s.train, s.validation)
+    det = BaselineDetector(method, "context" if method == "hgb" else "plain", n_estimators=20).fit(s.train,
+                                                                                                  s.validation)
     sc = det.score(s.test)
     assert sc.shape == (len(s.test),) and np.isfinite(sc).all() and det.threshold_ is not None
     det.save(tmp_path / "m")
@@ -34,3 +35,31 @@ def test_rf_paper_split_matches_measured_reference(genome_jobs):
     det = BaselineDetector("rf", n_estimators=100).fit(s.train, s.validation)
     r = classification_report(s.test.label, det.score(s.test), threshold=det.threshold_)
     assert r["accuracy"] > 0.81 and r["f1"] > 0.7  # measured 0.830 with 300 trees
+
+
+def test_one_estimator_factory_pins_the_defaults():
+    """Job baselines and window detectors build their estimators in one place; these are the exact settings the
+    published tables were measured with (job: plain; window: class-balanced), so a drift fails here first."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest, RandomForestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from llmad.detectors.baselines import make_estimator
+
+    pairs = [
+        (make_estimator("rf", n_estimators=300, seed=1),
+         RandomForestClassifier(n_estimators=300, n_jobs=2, random_state=1, min_samples_leaf=1)),
+        (make_estimator("hgb", n_estimators=300, seed=1),
+         HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, random_state=1, early_stopping=False)),
+        (make_estimator("iforest", n_estimators=300, seed=1), IsolationForest(n_estimators=300, random_state=1,
+                                                                              n_jobs=2)),
+        (make_estimator("knn"), KNeighborsClassifier(n_neighbors=15, weights="distance", n_jobs=2)),
+        (make_estimator("rf", n_estimators=200, seed=1, n_jobs=1, balanced=True),
+         RandomForestClassifier(n_estimators=200, random_state=1, n_jobs=1, class_weight="balanced_subsample",
+                                min_samples_leaf=2)),
+        (make_estimator("hgb", n_estimators=200, seed=1, n_jobs=1, balanced=True),
+         HistGradientBoostingClassifier(max_iter=200, random_state=1, class_weight="balanced", early_stopping=False)),
+    ]
+    for built, expected in pairs:
+        assert type(built) is type(expected) and built.get_params() == expected.get_params()
+    with pytest.raises(LlmadError, match="unknown estimator"):
+        make_estimator("svm")

@@ -92,7 +92,7 @@ def test_scratch_model_end_to_end_on_real_asd(tmp_path):
 
     m = run_numeric(NumericConfig(method="lagllama", model="scratch", data="asd:omi-1", shots=64, window=32,
                                   stride=32, max_steps=5, batch_size=16, out=str(tmp_path / "run"),
-                                  extra={"lags": [0, 1, 2, 5, 11], "context_length": 16}))
+                                  extra={"lags": [0, 1, 2, 5, 11], "context_length": 16})).metrics
     assert np.isfinite(m["test"]["roc_auc"]) and m["test"]["score_std"] > 0
     assert (tmp_path / "run" / "models" / "lag-llama.ckpt").is_file()
     assert any("stand-in" in n for n in m["notes"])

@@ -98,6 +98,7 @@ def test_pretrain_then_zero_shot_on_real_asd(tmp_path):
     res = pretrain_moment(["nezha:trainticket"], out, seq_len=32, d_model=16, n_layers=1, n_heads=2, steps=15,
                           batch_size=32, max_windows=200)
     assert res["steps"] == 15 and (out / "config.json").is_file() and (out / "pretrain.json").is_file()
-    m = run_numeric(NumericConfig(method="moment", model=str(out), shots=0, data="asd:omi-1", window=32, stride=32))
+    m = run_numeric(NumericConfig(method="moment", model=str(out), shots=0, data="asd:omi-1", window=32,
+                                  stride=32)).metrics
     assert m["window"] == 32 and m["test"]["score_std"] > 0 and np.isfinite(m["test"]["roc_auc"])
     assert any("stand-in" in n for n in m["notes"])

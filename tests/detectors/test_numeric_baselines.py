@@ -78,7 +78,7 @@ def test_end_to_end_on_real_asd(method, tmp_path):
 
     cfg = NumericConfig(method=method, data="asd:omi-1", shots=200, max_steps=20, hidden=8, n_estimators=30,
                         window=32, stride=16, out=str(tmp_path / "run"))
-    m = run_numeric(cfg)
+    m = run_numeric(cfg).metrics
     t = m["test"]
     assert 0 <= t["f1"] <= 1 and np.isfinite(t["roc_auc"]) and t["score_std"] > 0
     assert m["threshold_source"].startswith("validation")

@@ -1,1 +1,2 @@
-"""In-context-learning detector on a decoder LLM."""
+"""In-context-learning detector on a decoder LLM: ``config`` (options), ``demos`` (which demonstrations), ``prompt``
+(assembly), ``scoring`` (label words, generation, calibration), ``tuning`` (LoRA), ``detector`` (``ICLDetector``)."""

@@ -1,6 +1,6 @@
 """Faster scoring backends for a fitted SFT model (streaming replay, ``llmad watch``).
 
-The model, template and threshold stay those of the saved :class:`~llmad.detectors.sft.SFTDetector`; only how
+The model, template and threshold stay those of the saved :class:`~llmad.detectors.sft.detector.SFTDetector`; only how
 sentences become scores changes:
 
 - ``torch``: the detector's own fp32 path (reference).
@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from llmad.detectors.sft.batching import length_order, pad_batch, softmax1
 from llmad.errors import LlmadError
 
 BACKENDS = ("auto", "torch", "bf16", "onnx", "onnx-int8")
@@ -112,7 +113,7 @@ class FastSFT:
         self.name = f"{getattr(detector, 'name', 'sft')}[{self.backend}]"
 
     def __getattr__(self, item: str) -> Any:
-        # Only reached for attributes FastSFT itself lacks: config, threshold_, tokenizer_, _template_path, ...
+        # Only reached for attributes FastSFT itself lacks: config, threshold_, tokenizer_, encode, _template_path, ...
         if item.startswith("__") or item == "detector":
             raise AttributeError(item)
         return getattr(self.detector, item)
@@ -140,10 +141,8 @@ class FastSFT:
         bs = batch_size or self.batch_size
         if self.backend == "torch" and self.workers == 1:
             return self.detector.score_texts(texts, batch_size=bs)
-        from llmad.detectors.sft.detector import _pad_batch, _softmax1
-
-        ids = self.detector._encode(texts)
-        order = np.argsort([len(x) for x in ids], kind="stable")
+        ids = self.detector.encode(texts)
+        order = length_order(ids)
         out = np.empty(len(ids), dtype=np.float64)
         pad = self.detector.tokenizer_.pad_token_id
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
@@ -152,8 +151,8 @@ class FastSFT:
 
         def one(idx: np.ndarray) -> None:
             seqs = [ids[j] for j in idx]
-            x, m = self._canonical_batch(seqs, bs) if canonical else _pad_batch(seqs, pad)
-            out[idx] = _softmax1(self._logits(x, m).astype(np.float64))[:len(idx)]
+            x, m = self._canonical_batch(seqs, bs) if canonical else pad_batch(seqs, pad)
+            out[idx] = softmax1(self._logits(x, m).astype(np.float64))[:len(idx)]
 
         if self.workers > 1 and len(batches) > 1:
             list(self._executor().map(one, batches))
@@ -214,8 +213,6 @@ class FastSFT:
         import onnxruntime as ort
         import torch
 
-        from llmad.detectors.sft.detector import _pad_batch
-
         det = self.detector
         self._tmp = tempfile.TemporaryDirectory(prefix="llmad-onnx-")
         d = Path(self._tmp.name)
@@ -224,7 +221,7 @@ class FastSFT:
             model.set_attn_implementation("eager")  # the SDPA export is not matched by ORT's attention fusion
         except Exception:
             pass
-        x, m = _pad_batch(det._encode(["wms 1 queue 2 run 3", "wms 1"]), det.tokenizer_.pad_token_id)
+        x, m = pad_batch(det.encode(["wms 1 queue 2 run 3", "wms 1"]), det.tokenizer_.pad_token_id)
 
         class _Logits(torch.nn.Module):
             def __init__(self, inner):

@@ -10,8 +10,9 @@ import pytest
 def test_convert_smollm2_is_a_plain_cached_checkpoint():
     from safetensors import safe_open
 
-    from llmad.models.causal_lm import convert_smollm2
-    from llmad.models.resolve import cache_dir, resolve_model
+    from llmad.models.packages import cache_dir
+    from llmad.models.resolve import resolve_model
+    from llmad.models.smollm2 import convert_smollm2
 
     folder = convert_smollm2()
     assert folder.parent == cache_dir()

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from llmad.data.flowbench import PAPER_FEATURES
-from llmad.detectors import sft_fast
+from llmad.data.reveal import make_partial
+from llmad.detectors.sft import fast as sft_fast
 from llmad.detectors.sft.detector import SFTConfig, SFTDetector
 from llmad.detectors.sft.fast import FastSFT, pick_backend, with_backend
 from llmad.errors import LlmadError
-from llmad.stream import AlertPolicy, CachedScorer, StreamConfig, make_partial, replay_run
+from llmad.stream import AlertPolicy, CachedScorer, StreamConfig, replay_run
 
 from conftest import make_tiny_bert
 from conftest import synthetic_jobs as shared_synthetic_jobs

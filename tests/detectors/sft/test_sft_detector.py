@@ -8,8 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmad.detectors.sft.detector import (PREFIX_STAGES, SFTConfig, SFTDetector, apply_freeze, latest_checkpoint,
-                                 parse_freeze, partial_jobs, prefix_augmented)
+from llmad.data.reveal import PREFIX_STAGES
+from llmad.data.reveal import partial_at_stage as partial_jobs
+from llmad.data.reveal import stage_prefix_augment as prefix_augmented
+from llmad.detectors.sft.config import SFTConfig, parse_freeze
+from llmad.detectors.sft.detector import SFTDetector
+from llmad.detectors.sft.model import apply_freeze
+from llmad.detectors.sft.training import latest_checkpoint
 from llmad.errors import LlmadError
 
 from conftest import make_tiny_bert, synthetic_jobs
@@ -227,8 +232,8 @@ def test_auto_max_length_fits_the_longest_train_job(tiny, tmp_path):
     assert max(lens) > 64 and det.config.max_length >= max(lens) - 1
     # One tokenization: the few sentences over the budget are re-encoded exactly as a truncating encode would.
     texts = det.render(train)
-    ids, budget = det._encode_auto(texts)
-    assert budget == det.config.max_length and ids == det._encode(texts, budget)
+    ids, budget = det.encode_auto(texts)
+    assert budget == det.config.max_length and ids == det.encode(texts, budget)
     det.save(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "detector.json").read_text())["max_length"] == det.config.max_length
 
@@ -253,11 +258,11 @@ def test_precision_bf16_trains_under_cpu_autocast_and_bad_choices_fail(tiny, tmp
 
 
 def test_balanced_class_weight_lifts_the_minority_and_is_recorded(tiny, tmp_path):
-    from llmad.detectors.sft.detector import _class_weighted_loss
-
     import torch
 
-    loss, w = _class_weighted_loss(np.array([0, 0, 0, 1]))
+    from llmad.detectors.sft.training import class_weighted_loss
+
+    loss, w = class_weighted_loss(np.array([0, 0, 0, 1]))
     assert w == [pytest.approx(2 / 3, abs=1e-4), 2.0]  # n / (2 n_c): mean weight over the rows is 1
     logits, y = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([1, 0])
     plain = torch.nn.functional.cross_entropy(logits, y, reduction="none")

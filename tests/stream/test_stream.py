@@ -1,4 +1,4 @@
-"""Streaming replay and watch on tiny runs built in code: reveal semantics, causal context, caching, alerts, resume."""
+"""Streaming replay and watch on tiny runs built in code: causal context, caching, alerts, resume."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,13 @@ import pytest
 
 from llmad.data.context import add_context_features
 from llmad.data.flowbench import PAPER_FEATURES, read_run_csv
+from llmad.data.reveal import make_partial
 from llmad.detectors.base import Detector
-from llmad.stream import (AlertPolicy, CachedScorer, ReplaySummary, RunContext, StreamConfig, Watcher, make_partial,
-                          parse_speed, replay, replay_run, reveal_features, write_feed)
-from tests.conftest import make_run_frame
+from llmad.metrics.early import ReplaySummary
+from llmad.stream import (AlertPolicy, CachedScorer, RunContext, StreamConfig, Watcher, parse_speed, replay, replay_run,
+                          write_feed)
+
+from conftest import make_run_frame
 
 
 def run_table(run: int, anomalous_host: str | None = "worker1", n_jobs: int = 12) -> pd.DataFrame:
@@ -62,47 +65,6 @@ class RecordingDetector(Detector):
         self.frames.append(items.copy())
         x = items[PAPER_FEATURES].fillna(-1).to_numpy(dtype=float)
         return (np.abs(np.sin(x.sum(axis=1))) + 0.01 * items["ctx_peers"].fillna(0).to_numpy()) % 1.0
-
-
-# ------------------------------------------------------------------------------------------------ partial jobs
-def test_make_partial_reveals_fields_as_their_timestamps_pass():
-    run = run_table(1)
-    j = run.iloc[[0]]
-    r = j.iloc[0]
-    before = make_partial(j, r["ready"] - 1).iloc[0]
-    assert pd.isna(before[PAPER_FEATURES]).all() and pd.isna(before["host"])
-    assert before["job_id"] == r["job_id"] and before["label"] == r["label"]
-    assert before["transformation"] == r["transformation"]  # static DAG field
-    at_submit = make_partial(j, r["submit"]).iloc[0]
-    assert at_submit["wms_delay"] == r["wms_delay"] and pd.isna(at_submit["queue_delay"])
-    at_start = make_partial(j, r["execute_start"]).iloc[0]
-    assert at_start["queue_delay"] == r["queue_delay"] and at_start["host"] == r["host"]
-    assert at_start["stage_in_delay"] == r["stage_in_delay"]
-    assert pd.isna(at_start["runtime"]) and pd.isna(at_start["kickstart_executables_cpu_time"])
-    at_end = make_partial(j, r["execute_end"]).iloc[0]
-    assert at_end["runtime"] == r["runtime"] and at_end["kickstart_executables_cpu_time"] == r[
-        "kickstart_executables_cpu_time"]
-    assert pd.isna(at_end["post_script_delay"]) and pd.isna(at_end["post_script_end"])
-    full = make_partial(run, np.inf)
-    pd.testing.assert_frame_equal(full, run, check_dtype=False)
-
-
-def test_make_partial_per_row_times_and_context_masking():
-    run = add_context_features(run_table(2), causal=True)
-    as_of = pd.Series(run["execute_start"].to_numpy(), index=run.index)
-    as_of.iloc[0] = run["execute_end"].iloc[0]
-    part = make_partial(run, as_of)
-    assert part["runtime"].iloc[0] == run["runtime"].iloc[0]
-    assert part["runtime"].iloc[1:].isna().all()
-    assert part["ctx_runtime_rel"].iloc[1:].isna().all() and part["ctx_cpu_util"].iloc[1:].isna().all()
-    assert part["ctx_queue_rel"].notna().all()  # queue known at execute_start
-
-
-def test_reveal_features_grows_in_paper_order():
-    run = run_table(3)
-    p3 = reveal_features(run, 3)
-    assert p3[PAPER_FEATURES[:3]].notna().all().all()
-    assert p3[PAPER_FEATURES[3:]].isna().all().all()
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -374,15 +336,3 @@ def test_split_run_ids_match_load_split(tiny_zip):
     sp = load_split(str(tiny_zip), "run", seed=3)
     for part in ("train", "validation", "test"):
         assert ids[part] == sorted(sp.part(part)["run_id"].unique())
-
-
-def test_prefix_augment_adds_partial_copies():
-    from llmad.stream import prefix_augment
-
-    run = run_table(30)
-    aug = prefix_augment(run, copies=2, seed=1)
-    assert len(aug) == 3 * len(run)
-    part = aug.iloc[len(run):]
-    assert (part["label"].to_numpy() == np.tile(run["label"].to_numpy(), 2)).all()
-    # Every partial copy misses at least the post-script delay (cut before the last event).
-    assert part["post_script_delay"].isna().all() and part["wms_delay"].notna().any()

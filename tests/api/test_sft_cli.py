@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from llmad.data.specs import find_data_dir
-from llmad.detectors.sft.detector import latest_checkpoint
+from llmad.detectors.sft.training import latest_checkpoint
 
 from conftest import make_tiny_bert
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

@@ -5,54 +5,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from llmad.data.flowbench import PAPER_FEATURES
-from llmad.detectors.icl.detector import (ICLConfig, ICLDetector, class_statistics, parse_label, select_demonstrations)
+from icl_fixtures import make_jobs, smol_tokenizer, tiny_gpt2  # noqa: F401 (smol_tokenizer is a fixture)
+
+from llmad.detectors.icl.config import ICLConfig
+from llmad.detectors.icl.demos import class_statistics, select_demonstrations
+from llmad.detectors.icl.detector import ICLDetector
+from llmad.detectors.icl.scoring import parse_label
 from llmad.errors import LlmadError
-
-
-def make_jobs(n: int, seed: int = 0, frac_abnormal: float = 0.4) -> pd.DataFrame:
-    """Jobs with the paper's features; abnormal ones have a long runtime."""
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < frac_abnormal).astype(int)
-    rows = {f: np.round(rng.uniform(1, 50, n), 1) for f in PAPER_FEATURES}
-    rows["runtime"] = np.where(y == 1, rng.uniform(900, 2000, n), rng.uniform(10, 300, n)).round(0)
-    df = pd.DataFrame(rows)
-    df["label"] = y
-    df["job_id"] = [f"job{seed}_{i}" for i in range(n)]
-    df["anomaly_type"] = np.where(y == 1, "cpu_3", "normal")
-    return df
-
-
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-    from transformers import AutoTokenizer
-
-    from llmad.models.causal_lm import convert_smollm2
-
-    return AutoTokenizer.from_pretrained(convert_smollm2())
-
-
-def tiny_gpt2(tokenizer, n_positions: int = 1024, seed: int = 0, chat: bool = False):
-    """A random 2-layer GPT-2 (no chat template unless asked) wrapped as a LoadedLM."""
-    import copy
-
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from llmad.models.causal_lm import LoadedLM
-
-    tok = copy.deepcopy(tokenizer)
-    if not chat:
-        tok.chat_template = None
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = GPT2LMHeadModel(cfg).eval()
-    return LoadedLM(model=model, tokenizer=tok, device="cpu", dtype=torch.float32, name="tiny-gpt2",
-                    location="memory", load_in_4bit=False)
 
 
 def fitted(tok, chat=False, n_positions=1024, **kw) -> ICLDetector:

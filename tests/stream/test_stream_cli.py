@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def llmad(*args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
@@ -34,14 +34,15 @@ def rf_dir(tmp_path_factory, real_data_dir, genome_ids):
     """A real random forest on causal context features, fit on 12 train runs, saved as a detector folder."""
     from llmad.data.context import add_context_features
     from llmad.detectors.baselines import BaselineDetector
-    from llmad.stream import _sample_ids, iter_runs
+    from llmad.data.splits import subsample
+    from llmad.stream import iter_runs
 
     def load(ids):
         return pd.concat([add_context_features(r, causal=True) for r in
                           iter_runs("flowbench:1000genome", real_data_dir, ids)], ignore_index=True)
 
     det = BaselineDetector("rf", "context", causal=True, n_estimators=60).fit(
-        load(_sample_ids(genome_ids["train"], 12, 0)), load(_sample_ids(genome_ids["validation"], 4, 0)))
+        load(subsample(genome_ids["train"], 12, 0)), load(subsample(genome_ids["validation"], 4, 0)))
     out = tmp_path_factory.mktemp("rf") / "model"
     det.save(out)
     return out

@@ -1,0 +1,204 @@
+"""The HF ``Trainer`` side of SFT: the training rows, ``TrainingArguments`` from an ``SFTConfig``, the class-weighted
+loss, validation metrics and log line, and checkpoints (``latest_checkpoint``; a killed run resumes from the newest
+complete one).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from llmad.detectors.sft.batching import EncodedDataset, collator, softmax1
+from llmad.detectors.sft.config import SFTConfig
+from llmad.errors import LlmadError
+
+THRESHOLD_OBJECTIVES = ("f1", "accuracy", "youden", "argmax")
+
+
+def is_main_process() -> bool:
+    """True outside multi-process training and on rank 0 of it (the rank that writes outputs)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_config(cfg: SFTConfig) -> None:
+    """Fail on impossible settings before any model is loaded."""
+    from llmad.detectors.sft.config import parse_freeze
+    from llmad.render import resolve_template
+
+    resolve_template(cfg.template)  # fail before loading a model on a bad template name
+    if cfg.lora < 0 or cfg.epochs <= 0 or cfg.batch_size <= 0 or (cfg.max_length is not None
+                                                                     and cfg.max_length < 8):
+        raise LlmadError("need lora >= 0, epochs > 0, batch size > 0 and max length >= 8")
+    if cfg.class_weight not in ("none", "balanced"):
+        raise LlmadError(f"class weight {cfg.class_weight!r}: expected none|balanced")
+    if cfg.threshold_objective not in THRESHOLD_OBJECTIVES:
+        raise LlmadError(f"threshold objective {cfg.threshold_objective!r}: expected f1|accuracy|youden|argmax")
+    parse_freeze(cfg.freeze)
+
+
+def training_rows(train: pd.DataFrame, cfg: SFTConfig) -> tuple[pd.DataFrame, str | None]:
+    """(rows to train on, how partial copies were cut or None): ``train_limit`` subsample, then prefix copies."""
+    from llmad.data.reveal import augment_with_prefixes
+    from llmad.data.splits import subsample
+
+    if cfg.train_limit and len(train) > cfg.train_limit:
+        train = subsample(train, cfg.train_limit, cfg.seed)
+    if not cfg.prefix_augment:
+        return train, None
+    # Event-time cuts when the rows have timestamps: the same partial rows `llmad replay` scores.
+    return augment_with_prefixes(train, copies=cfg.prefix_copies, seed=cfg.seed)
+
+
+def training_arguments(cfg: SFTConfig, ckpt_dir: Path, validate: bool, device: str, mp: dict[str, bool]) -> Any:
+    """``TrainingArguments`` for ``cfg``: evaluate/checkpoint per epoch (or every ``eval_steps``), keep the best."""
+    from transformers import TrainingArguments
+
+    per_epoch = validate and cfg.eval_steps is None
+    strategy = "epoch" if per_epoch else ("steps" if validate else "no")
+    save_strategy = strategy if validate else ("steps" if cfg.eval_steps else "epoch")
+    best = cfg.best_metric
+    return TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio,
+        eval_strategy=strategy, save_strategy=save_strategy,
+        eval_steps=cfg.eval_steps, save_steps=cfg.eval_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=validate,
+        metric_for_best_model=best if validate else None,
+        greater_is_better=(best != "loss") if validate else None,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        logging_steps=cfg.logging_steps, logging_strategy="steps",
+        seed=cfg.seed, data_seed=cfg.seed,
+        report_to="none", disable_tqdm=not cfg.progress,
+        use_cpu=device == "cpu", bf16=mp["bf16"], fp16=mp["fp16"],
+        dataloader_num_workers=0, save_only_model=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def validation_line(printer: Callable[[str], None]) -> Any:
+    """A ``TrainerCallback`` printing one line per evaluation (loss, accuracy, F1, ROC-AUC)."""
+    from transformers import TrainerCallback  # here, so that importing this module never imports transformers
+
+    class ValidationLine(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            if metrics and state.is_world_process_zero:
+                keys = [("loss", "eval_loss"), ("acc", "eval_accuracy"), ("f1", "eval_f1"), ("auc", "eval_roc_auc")]
+                parts = [f"{k} {metrics[m]:.4f}" for k, m in keys if m in metrics]
+                printer(f"epoch {state.epoch:.2f} step {state.global_step}: validation " + " ".join(parts))
+
+    return ValidationLine()
+
+
+def class_weighted_loss(labels: np.ndarray):
+    """(loss function for ``Trainer(compute_loss_func=...)``, the weights): cross-entropy with class weights
+    n / (2 n_c), so both classes weigh the same and the mean weight over train is 1 (the loss keeps its scale).
+    Why: with few positives (montage: 20%) an encoder settles on the prior early; weighting keeps the minority's
+    gradient as large as the majority's."""
+    import torch
+
+    y = np.asarray(labels).astype(int)
+    counts = np.bincount(y, minlength=2)
+    if (counts == 0).any():
+        raise LlmadError("class_weight balanced needs both labels in the training rows")
+    w = (len(y) / (2.0 * counts)).tolist()
+    weight = torch.tensor(w, dtype=torch.float32)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        total = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight.to(logits.device),
+                                                  reduction="sum")
+        # Trainer passes the batch's label count when it normalizes for gradient accumulation itself.
+        return total / (num_items_in_batch if num_items_in_batch else labels.numel())
+
+    return loss, [round(v, 4) for v in w]
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """Validation accuracy, F1 (at 0.5) and ROC-AUC from the ``Trainer``'s logits."""
+    from sklearn import metrics as skm
+
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    prob = softmax1(np.asarray(logits, dtype=np.float64))
+    pred = (prob >= 0.5).astype(int)
+    out = {"accuracy": float(skm.accuracy_score(labels, pred)),
+           "f1": float(skm.f1_score(labels, pred, zero_division=0))}
+    out["roc_auc"] = float(skm.roc_auc_score(labels, prob)) if 0 < np.sum(labels) < len(labels) else float("nan")
+    return out
+
+
+def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> str | None:
+    """Newest complete ``checkpoint-N`` (trainer_state.json is written last); optionally delete incomplete ones."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return None
+    cands = []
+    for c in d.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", c.name)
+        if m and c.is_dir():
+            if (c / "trainer_state.json").is_file():
+                cands.append((int(m.group(1)), c))
+            elif remove_incomplete and is_main_process():
+                shutil.rmtree(c, ignore_errors=True)  # killed while writing it
+    return str(max(cands)[1]) if cands else None
+
+
+@dataclass
+class TrainOutcome:
+    """What one ``Trainer.train`` call left: the trained model, its state, timing and where it resumed from."""
+
+    model: Any
+    state: Any
+    metrics: dict[str, float]
+    world_size: int
+    train_s: float
+    paused: bool
+    resumed_from: str | None
+    start_step: int
+    class_weights: list[float] | None
+
+
+def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDataset,
+                val_ds: EncodedDataset | None, ckpt_dir: Path, device: str, mp: dict[str, bool], resume: bool,
+                printer: Callable[[str], None], labels: np.ndarray) -> TrainOutcome:
+    """Run ``Trainer`` (early stopping on ``val_ds``, time budget, checkpoints under ``ckpt_dir``, resume)."""
+    from transformers import EarlyStoppingCallback, Trainer
+
+    from llmad.models.callbacks import time_budget_callback
+
+    args = training_arguments(cfg, ckpt_dir, val_ds is not None, device, mp)
+    budget = time_budget_callback(cfg.max_time_s, save=True)
+    callbacks = [validation_line(printer), budget]
+    if val_ds is not None and cfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    loss_fn, weights = class_weighted_loss(labels) if cfg.class_weight == "balanced" else (None, None)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                      data_collator=collator(tokenizer), processing_class=tokenizer, compute_loss_func=loss_fn,
+                      compute_metrics=compute_metrics if val_ds is not None else None, callbacks=callbacks)
+    resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
+    if resume and resume_from is None:
+        printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
+    elif resume_from:
+        printer(f"resuming from {resume_from}")
+    start_step = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
+    t1 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_s = time.perf_counter() - t1
+    return TrainOutcome(model=trainer.model, state=trainer.state, metrics=dict(result.metrics),
+                        world_size=int(args.world_size), train_s=train_s, paused=bool(budget.paused),
+                        resumed_from=resume_from, start_step=start_step, class_weights=weights)
+
+
+__all__ = ["is_main_process", "check_config", "training_rows", "training_arguments", "validation_line",
+           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "train_model", "TrainOutcome",
+           "THRESHOLD_OBJECTIVES"]

@@ -1,0 +1,81 @@
+"""Flow-Bench runs for a replay, one DAG run at a time: list the members, split run ids, parse runs lazily.
+
+Memory does not grow with the stream: ``split_run_ids`` reads only labels, ``iter_runs`` parses one run per step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
+
+from llmad.errors import DataError, LlmadError
+
+
+def _specs(spec: str) -> list[str]:
+    from llmad.data.flowbench import available_workflows
+    from llmad.data.specs import parse_spec
+
+    kind, arg = parse_spec(spec) if not Path(spec).exists() else ("flowbench", spec)
+    if kind != "flowbench":
+        raise LlmadError(f"replay needs Flow-Bench job data (flowbench:<workflow>), got {spec!r}")
+    if arg in ("all", "*"):
+        return list(available_workflows())
+    return [a.strip() for a in arg.split(",") if a.strip()]
+
+
+def list_run_members(spec: str, data_dir: str | Path | None = None) -> list[tuple[str, str, Callable[[], bytes], str]]:
+    """(run_id, member name, reader, workflow) for every run of a spec, without parsing any run."""
+    from llmad.data.flowbench import RUN_RE, archive_members, flowbench_source
+
+    out = []
+    for arg in _specs(spec):
+        src = flowbench_source(arg, data_dir)
+        wf = src.stem if src.suffix == ".zip" else src.name
+        for name, read in archive_members(src):
+            m = RUN_RE.search(name.replace("!", "/"))
+            out.append((f"{m.group('wf')}-run{m.group('run')}", name, read, wf))
+    return out
+
+
+def iter_runs(spec: str, data_dir: str | Path | None = None, run_ids: Sequence[str] | None = None
+              ) -> Iterator[pd.DataFrame]:
+    """Yield one job table per DAG run, parsing one run at a time (memory does not grow with the stream)."""
+    from llmad.data.flowbench import read_run_csv
+
+    wanted = None if run_ids is None else set(run_ids)
+    for rid, name, read, wf in list_run_members(spec, data_dir):
+        if wanted is not None and rid not in wanted:
+            continue
+        yield read_run_csv(read(), name, workflow=wf)
+
+
+def _light_run(run_id: str, name: str, read: Callable[[], bytes], workflow: str) -> pd.DataFrame:
+    """Only what a run split needs (labels, anomaly types), read with the same normalisation as ``read_run_csv``."""
+    import io
+
+    from llmad.data.flowbench import NORMAL_TOKENS
+
+    try:
+        df = pd.read_csv(io.BytesIO(read()), usecols=lambda c: c == "anomaly_type", dtype=str, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
+        raise DataError(f"malformed CSV ({e})", file=name) from None
+    if "anomaly_type" not in df.columns:
+        raise DataError("missing column (needed for labels)", file=name, row=1, field="anomaly_type")
+    at = df["anomaly_type"].astype("string").fillna("").str.strip()
+    at = at.where(~at.str.lower().isin(NORMAL_TOKENS), "normal").astype(str)
+    return pd.DataFrame({"workflow": workflow, "run_id": run_id, "label": (at != "normal").astype(int).to_numpy(),
+                         "anomaly_type": at.to_numpy()})
+
+
+def split_run_ids(spec: str, split: str = "run", seed: int = 0, data_dir: str | Path | None = None,
+                  test_workflow: str | None = None) -> dict[str, list[str]]:
+    """Run ids of train/validation/test, computed from a light (ids + labels) table read one run at a time."""
+    from llmad.data.splits import make_split
+
+    if split == "paper":
+        raise LlmadError("replay needs whole DAG runs; the paper split is job-level: use --split run or workflow")
+    light = pd.concat([_light_run(rid, name, read, wf) for rid, name, read, wf in list_run_members(spec, data_dir)],
+                      ignore_index=True)
+    sp = make_split(light, kind=split, seed=seed, test_workflow=test_workflow, data_dir=data_dir)
+    return {p: sorted(sp.part(p)["run_id"].unique().tolist()) for p in ("train", "validation", "test")}
