@@ -7,6 +7,7 @@ from typing import Any
 from llmad.api.hooks import RunHooks
 from llmad.api.result import RunResult, predictions_frame
 from llmad.config import DataConfig
+from llmad.data.specs import spec_name
 from llmad.detectors.baselines import METHODS, BaselineConfig, BaselineDetector, feature_columns
 from llmad.errors import LlmadError
 
@@ -45,7 +46,7 @@ def run_baseline(data: DataConfig, cfg: BaselineConfig, *, out: str | Path | Non
     metrics.update(method=det.name, split=split.kind, split_description=split.description,
                    split_info=split.info, fit_seconds=t.seconds, latency_ms_per_job=ms)
     preds = predictions_frame(test, scores, det.threshold_)
-    name = data.spec.split(":", 1)[-1].replace("/", "_")
+    name = spec_name(data.spec)
     out_dir = Path(out) if out else default_out("baseline", f"{name}-{cfg.method}-{cfg.features}-{data.split}")
     summary = (f"{cfg.method}/{cfg.features} on {data.spec} [{split.kind} split]: acc {metrics['accuracy']:.4f} "
                f"f1 {metrics['f1']:.4f} roc_auc {metrics['roc_auc']:.4f} -> {out_dir}")

@@ -72,13 +72,9 @@ class NumericConfig:
 # ---------------------------------------------------------------------------------------------- data
 def dataset_kind(spec: str) -> tuple[str, str]:
     """``kind, arg`` of a numeric dataset spec."""
-    if ":" not in spec:
-        raise LlmadError(f"numeric dataset spec {spec!r}: expected nezha:trainticket, smd:<machine>|all, "
-                         f"asd:<server>|all or csv:<path>")
-    kind, arg = spec.split(":", 1)
-    if kind not in ("nezha", "smd", "asd", "csv"):
-        raise LlmadError(f"numeric dataset kind {kind!r}: expected nezha, smd, asd or csv")
-    return kind, arg
+    from llmad.data.specs import parse_spec
+
+    return parse_spec(spec, family="series")
 
 
 def load_split(cfg: NumericConfig) -> SeriesSplit:

@@ -11,6 +11,7 @@ from typing import Callable
 from llmad.api.hooks import RunHooks
 from llmad.api.result import RunResult, predictions_frame
 from llmad.config import DataConfig
+from llmad.data.specs import spec_name
 from llmad.errors import LlmadError
 
 
@@ -67,7 +68,7 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     if "label" in jobs.columns and jobs["label"].notna().all():
         metrics["report"] = classification_report(jobs["label"], scores, threshold=thr,
                                                   anomaly_types=jobs.get("anomaly_type"))
-    name = spec.split(":", 1)[-1].replace(",", "+").replace("/", "_")
+    name = spec_name(spec)
     out = Path(out) if out else default_out("predict", name)
     preds = predictions_frame(jobs, scores, thr)
     write_run(out, config={"model_dir": str(model_dir), "data": spec, "split": split, "part": part, "seed": seed,

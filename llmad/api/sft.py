@@ -18,6 +18,7 @@ from typing import Any, Callable
 from llmad.api.hooks import RunHooks
 from llmad.api.result import RunResult, predictions_frame
 from llmad.config import DataConfig, option
+from llmad.data.specs import spec_name
 from llmad.data.splits import Split
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
@@ -48,10 +49,6 @@ def _hooks(hooks: RunHooks | None, printer: Callable[[str], None] | None) -> Run
     if hooks is not None:
         return hooks
     return RunHooks(log=printer) if printer is not None else RunHooks()
-
-
-def _data_name(spec: str) -> str:
-    return spec.split(":", 1)[-1].replace(",", "+").replace("/", "_")
 
 
 def load_run_split(data: DataConfig, template: str, causal: bool = False) -> Split:
@@ -96,7 +93,7 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
 
     hooks = _hooks(hooks, printer)
     t0 = time.perf_counter()
-    out = Path(cfg.out) if cfg.out else default_out("sft", _data_name(cfg.data.spec))
+    out = Path(cfg.out) if cfg.out else default_out("sft", spec_name(cfg.data.spec))
     if not cfg.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise LlmadError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
                          f"or choose another --out")

@@ -76,7 +76,7 @@ def archive_members(src: Path) -> list[tuple[str, callable]]:
 def load_jobs(spec: str | Path, data_dir: str | Path | None = None) -> pd.DataFrame:
     """Load a Flow-Bench spec (``flowbench:<workflow>``, ``flowbench:<path>``, a path or a comma list) as one table."""
     spec = str(spec)
-    kind, arg = parse_spec(spec) if not Path(spec).exists() else ("flowbench", spec)
+    kind, arg = parse_spec(spec)
     if kind != "flowbench":
         raise DataError(f"dataset spec {spec!r} is not a Flow-Bench spec (jobs come from flowbench:<workflow>)")
     if "," in arg:

@@ -11,18 +11,40 @@ from llmad.errors import DataError, LlmadError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KNOWN_KINDS = ("flowbench", "nezha", "smd", "asd", "csv")
+SERIES_KINDS = ("nezha", "smd", "asd", "csv")  # metric series (numeric track); flowbench is job records
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    """Split ``kind:arg``; a bare existing path is treated as flowbench."""
-    if ":" in spec:
-        kind, arg = spec.split(":", 1)
-        if kind in KNOWN_KINDS:
-            return kind, arg
+def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
+    """The one dataset-spec parser: ``kind:arg`` -> (kind, arg); an existing path is a Flow-Bench folder or zip.
+
+    ``family="jobs"`` or ``"series"`` also requires a kind of that family (a clear error names what fits).
+    """
+    spec = str(spec)
     if Path(spec).exists():
-        return "flowbench", spec
-    raise LlmadError(f"dataset spec {spec!r}: expected KIND:NAME with KIND one of {', '.join(KNOWN_KINDS)} "
-                     f"(e.g. flowbench:1000genome)")
+        kind, arg = "flowbench", spec
+    elif ":" in spec and spec.split(":", 1)[0] in KNOWN_KINDS:
+        kind, arg = spec.split(":", 1)
+    elif family == "series":
+        raise LlmadError(f"numeric dataset spec {spec!r}: expected nezha:trainticket, smd:<machine>|all, "
+                         f"asd:<server>|all or csv:<path>")
+    else:
+        raise LlmadError(f"dataset spec {spec!r}: expected KIND:NAME with KIND one of {', '.join(KNOWN_KINDS)} "
+                         f"(e.g. flowbench:1000genome)")
+    if family == "series" and kind not in SERIES_KINDS:
+        raise LlmadError(f"numeric dataset kind {kind!r}: expected nezha, smd, asd or csv")
+    if family == "jobs" and kind != "flowbench":
+        raise LlmadError(f"this command needs Flow-Bench job data (flowbench:<workflow>), got {spec!r}")
+    return kind, arg
+
+
+def spec_family(spec: str) -> str:
+    """``series`` for metric-series specs (nezha, smd, asd, csv), else ``jobs``."""
+    return "series" if str(spec).split(":", 1)[0] in SERIES_KINDS else "jobs"
+
+
+def spec_name(spec: str) -> str:
+    """A folder-safe name for a spec (``flowbench:a,b`` -> ``a+b``), used in default output folders."""
+    return str(spec).split(":", 1)[-1].replace(",", "+").replace("/", "_")
 
 
 def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:

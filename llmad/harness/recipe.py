@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llmad.config import from_dict, load_yaml
+from llmad.data.specs import spec_family
 from llmad.errors import LlmadError
 
 METHOD_KINDS = ("baseline", "sft", "icl", "replay", "numeric")
-SERIES_PREFIXES = ("nezha", "smd", "asd", "csv")
 # Sweeping one of these draws a learning curve (x = number of labeled samples the method may learn from).
 LABELED_KEYS = ("train_limit", "shots", "train_examples")
 HEADLINES = ("f1", "accuracy", "precision", "recall")
@@ -38,7 +38,7 @@ class DatasetEntry:
     @property
     def family(self) -> str:
         """``jobs`` or ``series``."""
-        return "series" if self.spec.split(":", 1)[0] in SERIES_PREFIXES else "jobs"
+        return spec_family(self.spec)
 
 
 @dataclass

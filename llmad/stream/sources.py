@@ -16,9 +16,7 @@ def _specs(spec: str) -> list[str]:
     from llmad.data.flowbench import available_workflows
     from llmad.data.specs import parse_spec
 
-    kind, arg = parse_spec(spec) if not Path(spec).exists() else ("flowbench", spec)
-    if kind != "flowbench":
-        raise LlmadError(f"replay needs Flow-Bench job data (flowbench:<workflow>), got {spec!r}")
+    kind, arg = parse_spec(spec, family="jobs")
     if arg in ("all", "*"):
         return list(available_workflows())
     return [a.strip() for a in arg.split(",") if a.strip()]
