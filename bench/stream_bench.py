@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from llmad.data.reveal import make_partial, prefix_augment  # noqa: E402
 from llmad.data.splits import subsample as _sample_ids  # noqa: E402
 from llmad.io import atomic_write_text, provenance, write_frame_csv  # noqa: E402
+from llmad.rundir import peak_rss_mb  # noqa: E402
 from llmad.stream import (StreamConfig, choose_stream_threshold, iter_runs, list_run_members, replay,  # noqa: E402
                           split_run_ids)
 
@@ -66,10 +67,6 @@ def _default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _load(spec: str, ids: list[str], context: bool) -> pd.DataFrame:

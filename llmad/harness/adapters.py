@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from llmad.api.hooks import RunHooks
-from llmad.api.result import ID_COLUMNS, RunResult
+from llmad.api.result import ID_COLUMNS, RunResult, predictions_frame
 from llmad.config import DataConfig, from_dict
 from llmad.data.splits import subsample
 from llmad.errors import LlmadError
@@ -185,9 +185,8 @@ def _replay_predictions(jobs: pd.DataFrame, reveal: str) -> pd.DataFrame:
         pred = jobs["alerted"].astype(bool).to_numpy().astype(int)
         score = jobs["max_score"].to_numpy(dtype=float)
         score = np.where(np.isfinite(score), score, np.nanmin(score) if np.isfinite(score).any() else 0.0)
-    preds = pd.DataFrame({"key": job_keys(jobs, "test"), "run_id": jobs["run_id"], "job_id": jobs["job_id"],
-                          "label": jobs["label"].astype(int), "anomaly_type": jobs["anomaly_type"],
-                          "score": score, "prediction": pred})
+    preds = predictions_frame(jobs.assign(label=jobs["label"].astype(int)), score, predictions=pred,
+                              keys=job_keys(jobs, "test"))
     if reveal == "events":
         for c in ("alert_before_execute_end", "lead_job_s", "alert_life_frac"):
             preds[c] = jobs[c]

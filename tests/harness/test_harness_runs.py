@@ -134,3 +134,17 @@ def test_guard_checks_series_spans():
         g.use_spans("normalisation statistics", [("m1", 150, 160)])
     with pytest.raises(LlmadError, match="declare the test part"):
         LeakageGuard().use("fit", ["a"])
+
+
+def test_replay_method_runs_through_the_api_with_guarded_runs(toy_zip, tmp_path, toy_recipe):
+    rec = toy_recipe(toy_zip, seeds=[0], methods=[
+        {"method": "replay", "name": "replay-rf", "source": "baseline:rf-context", "config": {"alert": "threshold"}}])
+    res = compare(rec, out=tmp_path / "out", quiet=True)
+    assert {s["status"] for s in res["status"]} == {"done"}, res["status"]  # + the strong baselines it adds
+    run = next(d for d in (tmp_path / "out" / "runs").iterdir()
+               if json.loads((d / "run.json").read_text())["kind"] == "replay")
+    preds = pd.read_csv(run / "predictions.csv")
+    assert {"key", "run_id", "job_id", "label", "score", "prediction", "alert_before_execute_end"} <= set(preds.columns)
+    assert preds["prediction"].isin([0, 1]).all() and preds["key"].is_unique
+    guard = json.loads((run / "provenance.json").read_text())["leakage_guard"]["checked"]
+    assert any("train runs" in k for k in guard) and any("validation" in k for k in guard)
