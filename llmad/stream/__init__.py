@@ -39,14 +39,14 @@ early-detection metrics ``llmad.metrics.early``, and the run layer (open a model
 
 from llmad.stream.alerts import AlertPolicy
 from llmad.stream.config import StreamConfig, parse_speed
-from llmad.stream.context import RunContext, detector_inputs, detector_uses_context
+from llmad.stream.context import PeerContext, detector_inputs, detector_uses_context
 from llmad.stream.replay import (ReplayResult, RunOutcome, choose_stream_threshold, replay, replay_features_run,
                                  replay_run)
 from llmad.stream.scorer import CachedScorer
 from llmad.stream.sources import iter_runs, list_run_members, split_run_ids
 from llmad.stream.watch import Watcher, feed_records, write_feed
 
-__all__ = ["AlertPolicy", "CachedScorer", "ReplayResult", "RunContext", "RunOutcome", "StreamConfig", "Watcher",
+__all__ = ["AlertPolicy", "CachedScorer", "ReplayResult", "PeerContext", "RunOutcome", "StreamConfig", "Watcher",
            "choose_stream_threshold", "detector_inputs", "detector_uses_context", "feed_records", "iter_runs",
            "list_run_members", "parse_speed", "replay", "replay_features_run", "replay_run", "split_run_ids",
            "write_feed"]

@@ -1,6 +1,6 @@
 """Causal peer context of one run, updated incrementally as fields become known, and what a detector reads.
 
-``RunContext`` keeps, per transformation and per host, sorted lists of the known peer values, so at each event a
+``PeerContext`` keeps, per transformation and per host, sorted lists of the known peer values, so at each event a
 job's ``ctx_*`` features equal ``llmad.data.context.add_context_features(causal=True)`` on what is known then.
 ``detector_inputs`` / ``detector_uses_context`` say which columns a detector's score depends on, so the replay
 tracks only those and computes peer features only when they are read.
@@ -44,7 +44,7 @@ def is_known(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and v != v)
 
 
-class RunContext:
+class PeerContext:
     """Peer statistics of one run from what is known so far, updated incrementally (causal ``ctx_*`` features).
 
     ``step(updates)`` applies the fields that became known at one instant (``{job: {field: value}}``), then
@@ -146,7 +146,7 @@ class RunContext:
                 "done": {str(j): list(v) for j, v in self.done.items()}}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], context: bool = True) -> "RunContext":
+    def from_state(cls, state: dict[str, Any], context: bool = True) -> "PeerContext":
         """Rebuild exactly the multiset statistics of a saved context."""
         rc = cls(context)
         for j, k in state["known"].items():

@@ -26,7 +26,7 @@ from llmad.metrics.early import ReplaySummary, features_metrics, features_table
 from llmad.rundir import current_rss_mb
 from llmad.stream.alerts import AlertPolicy
 from llmad.stream.config import StreamConfig, parse_speed
-from llmad.stream.context import RunContext, detector_inputs, detector_uses_context
+from llmad.stream.context import PeerContext, detector_inputs, detector_uses_context
 from llmad.stream.scorer import CachedScorer
 
 
@@ -69,7 +69,7 @@ def replay_run(run: pd.DataFrame, scorer: CachedScorer, policy: AlertPolicy | No
     rb = np.searchsorted(rt, times, side="right")
     eb = np.searchsorted(et, times, side="right")
     values = {c: run[c].to_numpy() for c in tracked}
-    rc = RunContext(context)
+    rc = PeerContext(context)
     obs: list[tuple[float, int, Any, int]] = []  # (time, job, key, phase index)
     states = [policy.new_state() for _ in range(n)] if policy is not None else None
     alerts: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from llmad.data.reveal import (CTX_INPUTS, DERIVED_DELAYS, LABEL_COLUMNS, NAN, P
 from llmad.errors import DataError, LlmadError
 from llmad.io import atomic_write_text
 from llmad.stream.alerts import AlertPolicy
-from llmad.stream.context import RunContext, detector_inputs, detector_uses_context, is_known
+from llmad.stream.context import PeerContext, detector_inputs, detector_uses_context, is_known
 from llmad.stream.scorer import CachedScorer
 
 
@@ -108,7 +108,7 @@ class Watcher:
             "run_id", "job_id", "workflow", "host", "transformation"}
         self.buffer = ""  # alert lines of batches processed since the last checkpoint
         self.last_save = 0.0
-        self.runs: dict[str, RunContext] = {}
+        self.runs: dict[str, PeerContext] = {}
         self.jobstate: dict[str, dict[str, dict[str, Any]]] = {}
         self.run_order: list[str] = []  # least recently updated first
         self.offset = 0
@@ -152,7 +152,7 @@ class Watcher:
         self.counts.update(st.get("counts", {}))
         self.run_order = list(st["run_order"])
         for r in self.run_order:
-            self.runs[r] = RunContext.from_state(st["runs"][r]["ctx"], self.context)
+            self.runs[r] = PeerContext.from_state(st["runs"][r]["ctx"], self.context)
             self.jobstate[r] = st["runs"][r]["jobs"]
         self._commit_alerts(resume=True)
         return True
@@ -249,7 +249,7 @@ class Watcher:
         if run in self.runs:
             self.run_order.remove(run)
         else:
-            self.runs[run] = RunContext(self.context)
+            self.runs[run] = PeerContext(self.context)
             self.jobstate[run] = {}
         self.run_order.append(run)
         while len(self.run_order) > self.max_runs:

@@ -13,8 +13,8 @@ from llmad.data.flowbench import PAPER_FEATURES, read_run_csv
 from llmad.data.reveal import make_partial
 from llmad.detectors.base import Detector
 from llmad.metrics.early import ReplaySummary
-from llmad.stream import (AlertPolicy, CachedScorer, RunContext, StreamConfig, Watcher, parse_speed, replay, replay_run,
-                          write_feed)
+from llmad.stream import (AlertPolicy, CachedScorer, PeerContext, StreamConfig, Watcher, parse_speed, replay,
+                          replay_run, write_feed)
 
 from conftest import make_run_frame
 
@@ -100,11 +100,11 @@ def test_streaming_context_equals_causal_context_at_job_end():
 
 def test_run_context_state_round_trip():
     run = run_table(5)
-    rc = RunContext(True)
+    rc = PeerContext(True)
     for _, r in run.iterrows():
         rc.step({r["job_id"]: {c: r[c] for c in ("transformation", "host", "runtime", "execute_end",
                                                  "kickstart_executables_cpu_time", "queue_delay")}})
-    back = RunContext.from_state(json.loads(json.dumps(rc.to_state())), True)
+    back = PeerContext.from_state(json.loads(json.dumps(rc.to_state())), True)
     for j in run["job_id"]:
         a, b = rc.row(j), back.row(j)
         assert a.keys() == b.keys()
