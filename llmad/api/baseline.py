@@ -26,7 +26,7 @@ def run_baseline(data: DataConfig, cfg: BaselineConfig, *, out: str | Path | Non
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.rundir import Timer, default_out, write_run
 
-    hooks = hooks or RunHooks()
+    hooks = RunHooks.of(hooks)
     if cfg.method not in METHODS:
         raise LlmadError(f"unknown baseline method {cfg.method!r}; expected one of {', '.join(METHODS)}")
     feature_columns(cfg.features)

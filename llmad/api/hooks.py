@@ -12,6 +12,11 @@ class RunHooks:
                  advance: Callable[[float], None] | None = None):
         self._log, self._stage, self._advance = log, stage, advance
 
+    @classmethod
+    def of(cls, hooks: "RunHooks | None" = None, printer: Callable[[str], None] | None = None) -> "RunHooks":
+        """``hooks`` when given, else hooks that log through ``printer`` (the older keyword) or ``print``."""
+        return hooks if hooks is not None else cls(log=printer or print)
+
     def log(self, msg: str) -> None:
         """A line for the user."""
         if self._log:

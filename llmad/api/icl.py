@@ -45,7 +45,7 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     from llmad.metrics.classification import classification_report
     from llmad.rundir import default_out, write_run
 
-    hooks = hooks or RunHooks(log=printer or print)
+    hooks = RunHooks.of(hooks, printer)
     cfg.validate()
     if split is None:
         hooks.stage(f"loading {run.data}")

@@ -25,6 +25,7 @@ import pandas as pd
 from llmad.api.hooks import RunHooks
 from llmad.api.result import RunResult, predictions_frame
 from llmad.config import option
+from llmad.data.specs import parse_spec
 from llmad.data.splits import subsample
 from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
@@ -70,16 +71,9 @@ class NumericConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def dataset_kind(spec: str) -> tuple[str, str]:
-    """``kind, arg`` of a numeric dataset spec."""
-    from llmad.data.specs import parse_spec
-
-    return parse_spec(spec, family="series")
-
-
 def load_split(cfg: NumericConfig) -> SeriesSplit:
     """The train/validation/test series of ``cfg.data``."""
-    kind, arg = dataset_kind(cfg.data)
+    kind, arg = parse_spec(cfg.data, family="series")
     if kind == "nezha":
         from llmad.data.nezha import make_split
 
@@ -109,7 +103,7 @@ def resolve_window(cfg: NumericConfig) -> int:
     """The window length a run uses (explicit, else per dataset and method)."""
     if cfg.window:
         return int(cfg.window)
-    kind, _ = dataset_kind(cfg.data)
+    kind, _ = parse_spec(cfg.data, family="series")
     if kind in DEFAULT_WINDOW:
         return DEFAULT_WINDOW[kind]
     if cfg.method == "moment":
@@ -219,7 +213,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     from llmad.metrics.timeseries import ts_report
     from llmad.rundir import peak_rss_mb
 
-    hooks = hooks or RunHooks()
+    hooks = RunHooks.of(hooks)
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     if cfg.shots is not None and cfg.shots < 0:
@@ -251,7 +245,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     score_s = time.perf_counter() - t0
     y = test_ws.point_labels()
     ev, types = test_ws.point_events()
-    kind, _ = dataset_kind(cfg.data)
+    kind, _ = parse_spec(cfg.data, family="series")
     rep = ts_report(y, test_scores, det.threshold_, event_ids=ev, event_types=types,
                     tolerance=cfg.event_tolerance, step_seconds=STEP_SECONDS.get(kind))
     val_rep = ts_report(val_ws.point_labels(), val_scores, det.threshold_)

@@ -37,7 +37,7 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     from llmad.render import reads_context
     from llmad.rundir import default_out, peak_rss_mb, write_run
 
-    hooks = hooks or RunHooks(log=printer or print)
+    hooks = RunHooks.of(hooks, printer)
     det = load(model_dir, **({"quantize": True} if quantize else {}))
     kind = getattr(det, "kind", type(det).__name__)
     if getattr(det, "data_kind", "jobs") != "jobs":

@@ -132,14 +132,14 @@ def _threshold(det: Any, cfg: StreamConfig, ids: dict[str, list[str]] | None, da
 def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", part: str = "test",
                seed: int = 0, runs: int | None = None, val_runs: int | None = None, train_runs: int | None = None,
                test_workflow: str | None = None, data_dir: str | Path | None = None, out: str | Path | None = None,
-               hooks: RunHooks | None = None, progress: Callable[[str], None] | None = None, detector: Any = None,
+               hooks: RunHooks | None = None, detector: Any = None,
                on_alert: Callable[[dict], None] | None = None) -> RunResult:
     """``llmad replay``: choose runs, open/fit the detector, set the threshold, replay, write the run folder.
 
-    Per replayed run, ``hooks`` gets one ``log`` line and one ``advance`` (``progress``, the older callable, gets
-    the same line). ``detector`` skips opening ``model`` (the harness passes one it loaded). The result's
-    ``metrics`` are metrics.json's content, ``predictions`` the per-job frame (predictions.csv), and
-    ``details["replay_result"]`` the engine's :class:`llmad.stream.ReplayResult`.
+    Per replayed run, ``hooks`` gets one ``log`` line and one ``advance``. ``detector`` skips opening ``model``
+    (the harness passes one it loaded). The result's ``metrics`` are metrics.json's content, ``predictions`` the
+    per-job frame (predictions.csv), and ``details["replay_result"]`` the engine's
+    :class:`llmad.stream.ReplayResult`.
     """
     from llmad.io import write_frame_csv
     from llmad.rundir import default_out, write_run
@@ -168,8 +168,6 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def report(msg: str) -> None:
-        if progress is not None:
-            progress(msg)
         hooks.log(msg)
         hooks.advance(1)
 

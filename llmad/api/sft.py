@@ -44,13 +44,6 @@ class SFTRunConfig:
     save_model: bool = option(True, "save the fine-tuned model under <out>/model", cli=False)
 
 
-def _hooks(hooks: RunHooks | None, printer: Callable[[str], None] | None) -> RunHooks:
-    """``hooks``, else one whose log is ``printer`` (the older keyword), else the printing default."""
-    if hooks is not None:
-        return hooks
-    return RunHooks(log=printer) if printer is not None else RunHooks()
-
-
 def load_run_split(data: DataConfig, template: str, causal: bool = False) -> Split:
     """The split of ``data``, with peer features computed on the whole table when the template needs them."""
     from llmad.data import load_split
@@ -91,7 +84,7 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.rundir import default_out, peak_rss_mb, write_run
 
-    hooks = _hooks(hooks, printer)
+    hooks = RunHooks.of(hooks, printer)
     t0 = time.perf_counter()
     out = Path(cfg.out) if cfg.out else default_out("sft", spec_name(cfg.data.spec))
     if not cfg.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
