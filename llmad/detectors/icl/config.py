@@ -33,7 +33,7 @@ class ICLConfig:
     load_in_4bit: bool = option(False, "bitsandbytes NF4 base model (CPU or CUDA)")
     lora_r: int = option(0, "LoRA rank for tuning on prompt -> label completions (0 = none)", flag="--lora")
     lora_alpha: int | None = option(None, "LoRA alpha (None: 2 * rank)", cli=False)
-    train_examples: int = option(64, "tuning examples from the train part")
+    train_examples: int = option(64, "tuning examples from the train part", flag="--train-limit")
     train_steps: int | None = option(None, "optimizer steps (default: one pass over train_examples)")
     train_batch_size: int = option(4, "tuning examples per optimizer step", cli=False)
     learning_rate: float = option(2e-4, "LoRA learning rate", flag="--lr")
