@@ -364,6 +364,17 @@ class LlmadCommand(TyperCommand):
         """Every parameter (flags shown without a type)."""
         return _plain_flags(super().get_params(ctx))
 
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line with arguments as ``RECIPE`` / ``[DATASET]`` (typer would write ``{recipe}``)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name != "argument":
+                pieces.extend(p.get_usage_pieces(ctx))
+                continue
+            name = (p.metavar or p.name).upper() + ("..." if p.nargs != 1 else "")
+            pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
 
 class LlmadGroup(TyperGroup):
     """The ``llmad`` group (and its sub-groups): flags shown without a ``<bool>`` type in ``--help``."""

@@ -68,7 +68,7 @@ class ICLConfig:
         if self.shots < 0:
             raise LlmadError("--shots must be >= 0")
         if self.lora_r < 0 or self.train_examples < 0:
-            raise LlmadError("--lora and --train-examples must be >= 0")
+            raise LlmadError("--lora and --train-limit must be >= 0")
         if len(self.label_words) != 2 or not all(str(w).strip() for w in self.label_words):
             raise LlmadError("label words: expected two non-empty words (normal, abnormal)")
         if self.label_words[0].strip().lower() == self.label_words[1].strip().lower():
