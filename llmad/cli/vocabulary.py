@@ -81,4 +81,24 @@ DEPRECATED: dict[str, dict[str, str]] = {
     "icl": {"--train-examples": "--train-limit"},
 }
 
-__all__ = ["VOCABULARY", "SHORT", "OWN", "DEPRECATED"]
+
+
+def markdown_table() -> str:
+    """The README's vocabulary table: ``| flag | meaning |``, one row per word, old spellings named."""
+    old = {}
+    for command, renames in DEPRECATED.items():
+        for o, n in renames.items():
+            old.setdefault(n, set()).add(f"{command} {o}")
+    rows = ["| flag | meaning |", "|---|---|"]
+    for flag, meaning in VOCABULARY.items():
+        was = f" (was {', '.join(f'`{o}`' for o in sorted(old[flag]))})" if flag in old else ""
+        rows.append(f"| `{flag}` | {meaning}{was} |")
+    return "\n".join(rows)
+
+
+def short_forms() -> str:
+    """The short forms as README text: ``-d`` `--data`, ..."""
+    return ", ".join(f"`{s}` `{long}`" for s, long in SHORT.items()) + "."
+
+
+__all__ = ["VOCABULARY", "SHORT", "OWN", "DEPRECATED", "markdown_table", "short_forms"]
