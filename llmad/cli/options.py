@@ -423,4 +423,5 @@ def _config_wrapper(fn: Any) -> Callable | None:
     return getattr(fn, "__llmad_self__", None)
 
 
-__all__ = ["config_options", "ConfigCommand", "LlmadCommand", "LlmadGroup", "rewrite_deprecated", "command_path", "model_folder", "ConfigBinding", "cli_fields", "flag_decls", "bindings"]
+__all__ = ["config_options", "ConfigCommand", "LlmadCommand", "LlmadGroup", "rewrite_deprecated", "command_path",
+           "model_folder", "ConfigBinding", "cli_fields", "flag_decls", "bindings"]

@@ -50,7 +50,8 @@ def sft(
 
 @app.command(cls=LlmadCommand)
 def predict(
-    model: str = typer.Option(..., "--model", "-m", help="a saved job detector: <out>/model of sft, icl, baseline (or the run folder <out>)"),
+    model: str = typer.Option(..., "--model", "-m", help="a saved job detector: <out>/model of sft, icl, baseline"
+                                                       " (or the run folder <out>)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     split: Optional[str] = typer.Option(None, "--split", help="score one part of this split (default: all jobs)"),
