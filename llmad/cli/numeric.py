@@ -38,13 +38,16 @@ def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", "-d", help
                                                                              "parts are used, labels ignored."),
                         out: str = typer.Option(..., "--out", help="Folder for save_pretrained."),
                         seq_len: int = typer.Option(128, help="Input length (a multiple of 8)."),
-                        d_model: int = typer.Option(64), layers: int = typer.Option(2), heads: int = typer.Option(4),
+                        d_model: int = typer.Option(64, help="Model width."),
+                        layers: int = typer.Option(2, help="Transformer layers."),
+                        heads: int = typer.Option(4, help="Attention heads."),
                         steps: int = typer.Option(300, "--max-steps", help="Training steps."),
-                        batch_size: int = typer.Option(64),
-                        lr: float = typer.Option(1e-3), mask_ratio: float = typer.Option(0.3),
+                        batch_size: int = typer.Option(64, help="Windows per batch."),
+                        lr: float = typer.Option(1e-3, help="Learning rate."),
+                        mask_ratio: float = typer.Option(0.3, help="Share of patches masked."),
                         max_windows: int = typer.Option(4000, "--limit", help="At most N training windows (seeded)."),
-                        seed: int = typer.Option(0),
-                        data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
+                        seed: int = typer.Option(0, help="Seed of window sampling and training."),
+                        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data folder.")) -> None:
     """Masked-reconstruction pretraining of a small MOMENT; load it later with `llmad numeric --model OUT`."""
     from llmad.api.numeric import pretrain_moment
 
@@ -65,8 +68,8 @@ def windows_text(data: str = typer.Option("nezha:trainticket", "--data", "-d", h
                  split: str = typer.Option("time", help="nezha: time | fault"),
                  view: str = typer.Option("pod", help="nezha: pod (per service) | system (all pods)"),
                  limit: Optional[int] = typer.Option(None, help="At most N windows (seeded sample)."),
-                 seed: int = typer.Option(0),
-                 data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
+                 seed: int = typer.Option(0, help="Seed of the --limit sample."),
+                 data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data folder.")) -> None:
     """Render metric windows as "FEAT is VAL" sentences: a text,label CSV for text classifiers outside llmad
     (`llmad sft` / `llmad icl` read Flow-Bench jobs, not this file)."""
     import numpy as np

@@ -24,11 +24,11 @@ STREAM_CONFIG = "llmad.stream.config:StreamConfig"
 def replay(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
     data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="data folder (default: found automatically)"),
     split: str = typer.Option("run", "--split", help="run | workflow | none (every run of --data)"),
     part: str = typer.Option("test", "--part", help="train | validation | test"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="for --split workflow"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the split and of the --limit samples"),
     limit: Optional[int] = typer.Option(None, "--limit", help="replay a seeded sample of N runs of the part"),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="baseline:...: fit on N train runs"),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="--threshold validation: replay N runs"),
