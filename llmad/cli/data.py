@@ -9,7 +9,8 @@ import typer
 from llmad.cli.apps import data_app
 from llmad.cli.options import LlmadCommand
 
-DataDir = typer.Option(None, "--data-dir", help="Data folder (default: $LLMAD_DATA_DIR, ./data, ../shared/data).")
+DataDir = typer.Option(None, "--data-dir",
+                       help="Data folder (default: $LLMAD_DATA_DIR, ./data, the checkout's data/, ../shared/data).")
 
 
 @data_app.command("info", cls=LlmadCommand)
