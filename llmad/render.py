@@ -122,7 +122,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             raise _too_big(_size(left) + _size(right))
         elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
             if abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
-                raise LlmadError(f"template computes {left}**{right}, a number too large to render")
+                raise LlmadError(f"computes {left}**{right}, a number too large to render")
         result = super().call_binop(context, operator, left, right)
         if _size(result) > MAX_VALUE_CHARS:
             raise _too_big(_size(result))
