@@ -233,4 +233,5 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["DataConfig", "TemplateConfig", "from_dict", "check_value", "merge", "load_yaml", "parse_yaml", "field", "option", "field_help"]
+__all__ = ["DataConfig", "TemplateConfig", "from_dict", "check_value", "merge", "load_yaml", "parse_yaml", "field",
+           "option", "field_help"]

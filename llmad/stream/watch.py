@@ -265,7 +265,7 @@ class Watcher:
         if n <= SHOWN_MALFORMED:
             self.log(f"llmad watch: warning [malformed-line]: line {lineno}: {msg}; record skipped")
         elif n == SHOWN_MALFORMED + 1:
-            self.log(f"llmad watch: warning [malformed-line]: more malformed lines; counted, not shown")
+            self.log("llmad watch: warning [malformed-line]: more malformed lines; counted, not shown")
         if self.bad_run >= self.max_bad_run:
             raise LlmadError(
                 f"{self.source}, line {lineno}: {self.bad_run} malformed lines in a row read as "
