@@ -306,7 +306,7 @@ def apply_threshold_rule(rule: tuple[str, float | None], det: Any, cfg: NumericC
     name, q = rule
     if name == "val":
         thr = float(det.threshold_)
-        return val_scores, thr, test_scores, thr, "val: best on validation points (never test)"
+        return val_scores, thr, test_scores, thr, "validation points (never test)"
     if name == "val-robust":
         v = robust_standardise(val_scores, [len(a) for a in val_ws.arrays])
         t = robust_standardise(test_scores, [len(a) for a in test_ws.arrays])
