@@ -91,3 +91,76 @@ def test_robust_standardise_is_per_series():
     s = np.r_[np.full(50, 10.0), 20.0, np.full(50, 0.0), 1.0]
     z = robust_standardise(s + np.r_[np.linspace(0, 1, 51), np.linspace(0, 0.01, 51)], [51, 51])
     assert z[50] > 5 and z[101] > 5 and abs(np.median(z[:51])) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------- Nezha layouts
+def _pod_csv(pod: str, minutes: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    rows = ["Time,TimeStamp,PodName,CpuUsage(m),MemoryUsage(Mi)"]
+    for i in range(minutes):
+        t = pd.Timestamp("2022-08-22 10:00:10") + pd.Timedelta(minutes=i)
+        rows.append(f"{t}.1 +0000 UTC m=+1.0,{int(t.timestamp())},{pod},{rng.normal(10, 1):.3f},"
+                    f"{rng.normal(50, 1):.3f}")
+    return "\n".join(rows) + "\n"
+
+
+def _nezha_zip(tmp_path, extra: bool) -> str:
+    """A small Nezha archive; ``extra``: OnlineBoutique's call-graph CSVs beside the pod metrics."""
+    import zipfile
+
+    pods = ["adservice-5b8c8f9f7d-abcde", "cartservice-6c5d7f8b9a-vwxyz"]
+    faults = [{"inject_time": str(pd.Timestamp("2022-08-22 10:20:00") + pd.Timedelta(minutes=30 * k)),
+               "inject_timestamp": "1", "inject_type": "cpu_contention" if k % 2 else "network_delay",
+               "inject_pod": pods[k % 2]} for k in range(10)]
+    day = "rca_data/2022-08-22"
+    members = {f"{day}/metric/{p}_metric.csv": _pod_csv(p, 330, i) for i, p in enumerate(pods)}
+    members[f"{day}/2022-08-22-fault_list.json"] = json.dumps({"10": faults})
+    if extra:
+        members[f"{day}/metric/dependency.csv"] = "source,destination,count\nfrontend,adservice,3\n"
+        members[f"{day}/metric/source_50.csv"] = "Time,source,value\n2022-08-22 10:00:10,frontend,1\n"
+        members[f"{day}/metric/destination_50.csv"] = "time,destination,value\n2022-08-22 10:00:10,adservice,1\n"
+    path = tmp_path / ("ob.zip" if extra else "tt.zip")
+    with zipfile.ZipFile(path, "w") as zf:
+        for k, v in members.items():
+            zf.writestr(k, v)
+    return str(path)
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_nezha_loads_both_layouts(tmp_path, capsys, extra):
+    from llmad.data import nezha
+
+    series, faults, info = nezha.load_series(_nezha_zip(tmp_path, extra))
+    assert sorted(s.meta["group"] for s in series) == ["adservice", "cartservice"] and len(faults) == 10
+    assert all(s.features == ["CpuUsage(m)", "MemoryUsage(Mi)"] for s in series)
+    skipped = sorted(n.rsplit("/", 1)[-1] for n in info["skipped_files"])
+    err = capsys.readouterr().err
+    if extra:
+        assert skipped == ["dependency.csv", "destination_50.csv", "source_50.csv"]
+        assert "[nezha-extra-files]" in err and "destination_50.csv" in err
+    else:
+        assert skipped == [] and "[nezha-extra-files]" not in err
+
+
+def test_nezha_archive_with_extra_files_runs_numeric_from_the_cli(tmp_path):
+    res = run_cli(["numeric", "--method", "iforest", "--data", f"nezha:{_nezha_zip(tmp_path, True)}", "--window", "16",
+                   "--stride", "4", "--out", tmp_path / "o"], timeout=60)
+    assert res.rc == 0, res.text[-2000:]
+    assert_warned(res, "[nezha-extra-files]")
+    assert "no Time column" not in res.text
+
+
+def test_nezha_metric_file_without_time_is_still_an_error(tmp_path):
+    import zipfile
+
+    from llmad.data import nezha
+    from llmad.errors import DataError
+
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("rca_data/d/metric/adservice-5b8c8f9f7d-abcde_metric.csv", "time,PodName,Cpu\n1,a,2\n")
+        zf.writestr("rca_data/d/d-fault_list.json", "{}")
+    with pytest.raises(DataError, match="no Time column"):
+        nezha.load_series(str(path))
+    with pytest.raises(LlmadError, match="onlineboutique"):
+        nezha.find_zip("sockshop")
