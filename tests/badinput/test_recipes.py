@@ -31,6 +31,7 @@ def _recipe(tmp_path, text: str | bytes, name: str = "r.yaml"):
     (OK + "report: 5\n", ["r.yaml", "report", "expected a mapping"]),
     (b"name: caf\xe9\n", ["r.yaml", "line 1", "not UTF-8"]),
     ("name: [unclosed\n", ["r.yaml", "invalid YAML"]),
+    ("name: !!python/object/apply:os.system [echo pwned]\n", ["r.yaml", "invalid YAML"]),  # safe loader only
 ])
 def test_bad_recipe_is_refused_before_any_run(tmp_path, text, needles):
     out = tmp_path / "out"
