@@ -4,11 +4,12 @@ says exactly what the CLI would. Unknown keys fail before anything runs; ``--set
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from llmad.config import from_dict, load_yaml, parse_yaml
+from llmad.config import check_value, from_dict, load_yaml, parse_yaml
 from llmad.data.specs import spec_family
 from llmad.errors import LlmadError
 
@@ -205,6 +206,9 @@ def _validate(recipe: Recipe, where: str) -> None:
                 raise LlmadError(f"{where}: methods[{i}].sweep.{key}: expected a non-empty list")
             if key not in {f.name for f in fields(cls)} and key not in ENTRY_SWEEPABLE:
                 raise LlmadError(f"{where}: methods[{i}].sweep: unknown key {key!r} for {cls.__name__}")
+            hint = typing.get_type_hints(MethodEntry if key in ENTRY_SWEEPABLE else cls)[key]
+            for j, v in enumerate(values):  # every swept value is type-checked now, not when its run starts
+                check_value(v, hint, f"{where}: methods[{i}].sweep.{key}[{j}]")
         m.name = m.name or method_default_name(m.method, m.config, cfg)
         if m.datasets:
             unknown = sorted(set(m.datasets) - set(names))

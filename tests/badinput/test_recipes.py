@@ -29,6 +29,10 @@ def _recipe(tmp_path, text: str | bytes, name: str = "r.yaml"):
     (OK + "methods:\n  - method: numeric\n    config: {val_fraction: high}\n",
      ["r.yaml", "methods[0].config.val_fraction", "expected a number"]),
     (OK + "report: 5\n", ["r.yaml", "report", "expected a mapping"]),
+    (OK + "methods:\n  - method: baseline\n    sweep: {n_estimators: [10, many]}\n",
+     ["r.yaml", "methods[0].sweep.n_estimators[1]", "expected an integer"]),
+    (OK + "methods:\n  - method: baseline\n    sweep: {train_limit: [1.5]}\n",
+     ["r.yaml", "methods[0].sweep.train_limit[0]", "expected an integer"]),
     (b"name: caf\xe9\n", ["r.yaml", "line 1", "not UTF-8"]),
     ("name: [unclosed\n", ["r.yaml", "invalid YAML"]),
     ("name: !!python/object/apply:os.system [echo pwned]\n", ["r.yaml", "invalid YAML"]),  # safe loader only
