@@ -90,7 +90,8 @@ def _got(value: Any) -> str:
 
 
 def check_value(value: Any, tp: Any, where: str) -> Any:
-    """``value`` checked against type hint ``tp`` (int -> float and list -> tuple where the hint wants it).
+    """``value`` checked against type hint ``tp`` (an int passes as a float; a list becomes a tuple where the hint
+    wants one).
 
     The one type check of every config class (recipes, ``--config`` files, saved detectors): a wrong type is one
     ``LlmadError`` naming the key path, before any work is spent.
@@ -123,7 +124,7 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
     if ok is not None:
         if not ok(value):
             raise LlmadError(f"{where}: expected {_describe(tp)}, {_got(value)}")
-        return float(value) if tp is float else value
+        return value  # an int stays an int in a float field: run hashes of existing recipes stay the same
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise LlmadError(f"{where}: expected {_describe(tp)}, {_got(value)}")
