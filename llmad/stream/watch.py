@@ -267,14 +267,22 @@ class Watcher:
         elif n == SHOWN_MALFORMED + 1:
             self.log("llmad watch: warning [malformed-line]: more malformed lines; counted, not shown")
         if self.bad_run >= self.max_bad_run:
+            self._forget_empty_state()
             raise LlmadError(
                 f"{self.source}, line {lineno}: {self.bad_run} malformed lines in a row read as "
                 f"{'JSON lines' if self.fmt == 'jsonl' else 'CSV'} (last: {msg}); the feed looks like "
                 f"{likely_format(line)}: pass the right --format, or fix the feed")
 
+    def _forget_empty_state(self) -> None:
+        """A feed read in the wrong format has saved nothing worth resuming (no record); its state file would make
+        a rerun with the right ``--format`` start past the CSV header, so it goes."""
+        if not self.counts["records"] and self.state_path is not None and self.state_path.exists():
+            self.state_path.unlink()
+
     def _all_bad(self) -> None:
         """A feed that gave malformed lines and not one record is broken input, not a quiet success."""
         if self.counts["malformed"] and not self.counts["records"]:
+            self._forget_empty_state()
             raise LlmadError(f"{self.source}: none of the {self.counts['malformed']} non-empty lines read as "
                              f"{'JSON lines' if self.fmt == 'jsonl' else 'CSV'} is a valid record; pass the "
                              f"right --format (csv | jsonl), or fix the feed")

@@ -39,11 +39,16 @@ def _jsonl(recs: list[dict]) -> str:
 def test_csv_feed_read_as_jsonl_stops_with_one_line(tmp_path, rf_dir):
     feed = tmp_path / "feed.csv"
     feed.write_text(_csv(_records(3000)))
-    res = run_cli(["watch", feed, "--model", rf_dir, "--format", "jsonl", "--no-follow"], timeout=30)
+    alerts = tmp_path / "alerts.jsonl"
+    res = run_cli(["watch", feed, "--model", rf_dir, "--format", "jsonl", "--no-follow", "--alerts", alerts,
+                   "--batch-lines", "20", "--checkpoint-s", "0"], timeout=30)
     line = assert_user_error(res, "feed.csv", "malformed lines in a row", "looks like csv", "--format")
     assert "line 100" in line
     shown = [ln for ln in res.err.splitlines() if "[malformed-line]" in ln]
     assert len(shown) <= SHOWN_MALFORMED + 1  # not thousands
+    # Nothing was read, so no state is kept: the rerun with the right format starts at the header.
+    res = run_cli(["watch", feed, "--model", rf_dir, "--format", "csv", "--no-follow", "--alerts", alerts], timeout=60)
+    assert res.rc == 0 and "3000 records" in res.err and "0 malformed" in res.err, res.text[-2000:]
 
 
 def test_jsonl_feed_read_as_csv_names_json(tmp_path, rf_dir):
