@@ -31,7 +31,7 @@ from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
 from llmad.errors import LlmadError
 
-METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb")
+METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb", "nll")
 STEP_SECONDS = {"nezha": 60.0, "smd": 60.0, "asd": 300.0}
 DEFAULT_WINDOW = {"nezha": 64, "asd": 64}  # Nezha stretches are a few hundred minutes; ASD parts ~1-3k points
 
@@ -153,6 +153,12 @@ def build_detector(cfg: NumericConfig, work_dir: Path | None = None, train: Wind
             model, ft = str(path), "none"
         return LagLlamaDetector(model=model, finetune=ft, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                                 lr=cfg.lr, seed=cfg.seed, **x)
+    if m == "nll":  # llmad nll on metric windows: extra={"config": NLLConfig fields}
+        from llmad.config import from_dict
+        from llmad.detectors.nll.detector import NLLConfig, WindowNLLDetector
+
+        return WindowNLLDetector(config=from_dict(NLLConfig, {"template": "window", "seed": cfg.seed,
+                                                             **x.get("config", {})}))
     raise LlmadError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
 
 

@@ -32,6 +32,8 @@ KINDS: dict[str, str] = {
     "lstm-ae": "llmad.detectors.windows:LSTMAEDetector",
     "moment": "llmad.detectors.moment:MomentDetector",
     "lagllama": "llmad.detectors.lagllama:LagLlamaDetector",
+    "nll": "llmad.detectors.nll.detector:NLLDetector",
+    "window-nll": "llmad.detectors.nll.detector:WindowNLLDetector",
 }
 
 # Window detectors saved before the registry wrote ``"class": <class name>`` instead of a kind; still readable.

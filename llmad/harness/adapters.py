@@ -147,6 +147,37 @@ def adapter_icl(ctx: RunContext) -> RunResult:
                      details={"icl": info, "demonstration_keys": list(map(str, demo_keys))[:64]})
 
 
+def adapter_nll(ctx: RunContext) -> RunResult:
+    """``llmad.api.nll.run_nll`` on the cached, limited split: fine-tuning on train rows (labels unused, or the
+    normal-labelled ones with ``normal_only``), the threshold from validation rows (their labels only with
+    ``threshold: validation``)."""
+    import dataclasses
+
+    from llmad.api.nll import NLLRunConfig, run_nll
+    from llmad.detectors.nll.config import NLLConfig, parse_threshold
+
+    cfg = from_dict(NLLConfig, {**ctx.spec.config, "seed": ctx.spec.seed, "progress": False}).validate()
+    split = ctx.job_split(context=True, causal=cfg.causal)
+    train, val, test = (ctx.limited(split.part(p), p) for p in PARTS)
+    ctx.guard.set_test(job_keys(test, "test"))
+    fit_rows = train[train["label"] == 0] if cfg.normal_only else train
+    ctx.guard.use("fine-tuning (train rows" + (", labelled normal)" if cfg.normal_only else ", labels unused)"),
+                  job_keys(fit_rows, "train"))
+    labels = "with labels" if parse_threshold(cfg.threshold)[0] == "validation" else "labels unused"
+    ctx.guard.use(f"threshold (validation rows, {labels})", job_keys(val, "validation"))
+    res = run_nll(NLLRunConfig(data=DataConfig(**ctx.spec.data), nll=cfg, test_limit=None, val_limit=None,
+                               out=str(ctx.run_dir / "nll")),
+                  split=dataclasses.replace(split, train=train, validation=val, test=test), hooks=ctx.hooks)
+    met = res.metrics
+    m = _report(met["test"])
+    m.update(fit_seconds=met["fit_seconds"], score_ms_per_item=1000 * met["score_seconds"] / max(len(test), 1),
+             n_train=int(met["train"].get("rows", len(fit_rows))), n_validation=int(len(val)),
+             threshold_rule=met["threshold_rule"], supervision=met["supervision"])
+    return RunResult(m, _keyed(res.predictions, test),
+                     details={"nll": {k: met[k] for k in ("threshold_rule", "supervision", "fields", "permutations",
+                                                          "fields_nll")}}, artifacts={"model": "nll/model"})
+
+
 def adapter_numeric(ctx: RunContext) -> RunResult:
     """``llmad.api.numeric.run_numeric``: z-score and windows from train, threshold on validation points."""
     from sklearn.metrics import confusion_matrix
@@ -268,5 +299,5 @@ def adapter_replay(ctx: RunContext) -> RunResult:
 
 ADAPTERS: dict[str, Callable[[RunContext], RunResult]] = {
     "baseline": adapter_baseline, "sft": adapter_sft, "icl": adapter_icl, "numeric": adapter_numeric,
-    "replay": adapter_replay,
+    "replay": adapter_replay, "nll": adapter_nll,
 }

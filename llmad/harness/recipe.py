@@ -13,14 +13,14 @@ from llmad.config import check_value, from_dict, load_yaml, parse_yaml
 from llmad.data.specs import spec_family
 from llmad.errors import LlmadError
 
-METHOD_KINDS = ("baseline", "sft", "icl", "replay", "numeric")
+METHOD_KINDS = ("baseline", "sft", "icl", "replay", "numeric", "nll")
 # Sweeping one of these draws a learning curve (x = number of labeled samples the method may learn from).
 LABELED_KEYS = ("train_limit", "shots", "train_examples")
 HEADLINES = ("f1", "accuracy", "precision", "recall")
 TABLE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 ENTRY_SWEEPABLE = ("train_limit", "validation_limit", "test_limit")
 # Keys the harness fills from the recipe (seeds, dataset entries): a recipe must not set them in config.
-HARNESS_OWNED = {"baseline": {"seed"}, "sft": {"seed"}, "icl": {"seed"},
+HARNESS_OWNED = {"baseline": {"seed"}, "sft": {"seed"}, "icl": {"seed"}, "nll": {"seed"},
                  "numeric": {"seed", "data", "data_dir", "split", "test_types", "out"}, "replay": set()}
 
 
@@ -263,6 +263,10 @@ def config_class(kind: str) -> type:
         from llmad.api.numeric import NumericConfig
 
         return NumericConfig
+    if kind == "nll":
+        from llmad.detectors.nll.config import NLLConfig
+
+        return NLLConfig
     if kind == "replay":
         from llmad.stream import StreamConfig
 
@@ -288,4 +292,7 @@ def method_default_name(kind: str, cfg: dict[str, Any], built: Any = None) -> st
         return f"icl-{Path(str(cfg.get('model', 'smollm2-135m'))).name}-{cfg.get('shots', 4)}shot"
     if kind == "numeric":
         return f"{cfg.get('method', 'iforest')}"
+    if kind == "nll":
+        return f"nll-{Path(str(cfg.get('model', 'smollm2-135m'))).name}" + ("-normal-only" if cfg.get("normal_only")
+                                                                            else "")
     return f"{kind}-{cfg.get('reveal', 'events')}"

@@ -106,7 +106,10 @@ class CachedScorer:
                     self.cache[k] = self.cache[("text", t)]
             else:
                 t0 = time.perf_counter()
-                s = np.asarray(self.detector.score(frame), dtype=np.float64)
+                # A detector that scores partly revealed rows differently (the NLL detector leaves unknown fields out
+                # rather than writing them as missing) says so with ``score_partial``.
+                score = getattr(self.detector, "score_partial", None) or self.detector.score
+                s = np.asarray(score(frame), dtype=np.float64)
                 self.model_s += time.perf_counter() - t0
                 self.model_rows += len(ks)
                 self.calls += 1

@@ -18,6 +18,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from llmad.api.icl import ICLRun
+from llmad.api.nll import NLLRunConfig
 from llmad.api.numeric import NumericConfig
 from llmad.api.sft import SFTRunConfig
 from llmad.cli import app
@@ -26,6 +27,7 @@ from llmad.cli.vocabulary import DEPRECATED
 from llmad.config import DataConfig, TemplateConfig, option
 from llmad.detectors.baselines import BaselineConfig
 from llmad.detectors.icl.config import ICLConfig
+from llmad.detectors.nll.config import NLLConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.stream.config import StreamConfig
 
@@ -35,6 +37,7 @@ COMMANDS = {
     "render": {DataConfig, TemplateConfig},
     "sft": {SFTConfig, DataConfig, SFTRunConfig},
     "icl": {ICLConfig, ICLRun},
+    "nll": {NLLConfig, DataConfig, NLLRunConfig},
     "replay": {StreamConfig},
     "watch": {StreamConfig},
     "numeric": {NumericConfig},
@@ -45,6 +48,7 @@ EXCLUDED = {
     ("watch", "StreamConfig", "speed"): "a live feed runs in real time",
     ("watch", "StreamConfig", "batch"): "watch batches by --batch-lines",
     ("watch", "StreamConfig", "workers"): "watch scores one batch at a time",
+    ("nll", "DataConfig", "limit"): "--limit is the test sample (NLLRunConfig.test_limit); train: --train-limit",
 }
 # Options that belong to the command, not to a config (where outputs go, how to print, which stored model ...).
 COMMAND_ONLY = {
@@ -52,6 +56,7 @@ COMMAND_ONLY = {
     "render": {"dataset", "part", "out"},
     "sft": {"config"},
     "icl": set(),
+    "nll": set(),
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "train_limit",
                "val_limit", "out", "quiet"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from numeric_fixtures import synthetic, window_sets  # noqa: E402
 
 from conftest import make_tiny_bert, synthetic_jobs  # noqa: E402
@@ -82,6 +83,20 @@ def sft_case() -> Case:
                 fit_kw=lambda work: {"output_dir": work / "fit", "printer": lambda s: None})
 
 
+def nll_case() -> Case:
+    from llmad.detectors.nll.config import NLLConfig
+    from nll_fixtures import tiny_nll_lm
+
+    def make(work: Path):
+        lm = tiny_nll_lm(work.parent / "tiny-nll-lm")
+        return detector_class("nll")(config=NLLConfig(
+            model=str(lm), fields="paper", epochs=3, learning_rate=1e-2, batch_size=16, permutations=2, lora_r=0,
+            threshold="validation", threshold_rows=64, progress=False))
+
+    # label-free: train holds 40% runtime-900s anomalies, so plant a value far outside anything seen
+    return Case("nll", make, job_parts, planted_jobs(20000.0), rtol=1e-5)
+
+
 def icl_case() -> Case:
     from llmad.detectors.icl.config import ICLConfig
 
@@ -139,6 +154,17 @@ def tiny_lagllama(work: Path):
     return LagLlamaDetector(model=str(ckpt))
 
 
+def tiny_window_nll(work: Path):
+    from llmad.detectors.nll.config import NLLConfig
+    from llmad.detectors.nll.detector import WindowNLLDetector
+    from nll_fixtures import tiny_nll_lm
+
+    lm = tiny_nll_lm(work.parent / "tiny-nll-lm")
+    return WindowNLLDetector(config=NLLConfig(model=str(lm), template="window", epochs=20, learning_rate=1e-2,
+                                              batch_size=16, permutations=1, lora_r=0, threshold_rows=32,
+                                              progress=False))
+
+
 def window_cases() -> dict[str, list[tuple[str, Case]]]:
     from llmad.detectors.windows import ForestDetector, IForestDetector, LSTMAEDetector
 
@@ -150,12 +176,14 @@ def window_cases() -> dict[str, list[tuple[str, Case]]]:
             hidden=8, epochs=10, max_steps=60, batch_size=16, lr=1e-2), rtol=1e-5))],
         "moment": [("probe", window_case("moment", tiny_moment, rtol=1e-4))],
         "lagllama": [("tiny", window_case("lagllama", tiny_lagllama, rtol=1e-4))],
+        "window-nll": [("tiny", window_case("window-nll", tiny_window_nll, rtol=1e-5))],
     }
 
 
 def all_cases() -> dict[str, list[tuple[str, Case]]]:
     return {"baseline": [(m, baseline_case(m)) for m in ("rf", "hgb", "iforest", "knn")],
-            "sft": [("tiny-bert", sft_case())], "icl": [("smollm2-nearest", icl_case())], **window_cases()}
+            "sft": [("tiny-bert", sft_case())], "icl": [("smollm2-nearest", icl_case())],
+            "nll": [("tiny-llama", nll_case())], **window_cases()}
 
 
 CASES = all_cases()
