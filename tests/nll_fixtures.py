@@ -21,7 +21,7 @@ def tiny_texts() -> list[str]:
 
 
 def tiny_nll_lm(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """A random ``layers``-layer Llama with a tiny byte-level BPE tokenizer, saved under ``path`` (model + tokenizer)."""
+    """A random ``layers``-layer Llama with a tiny byte-level BPE tokenizer, saved under ``path`` (with it)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast

@@ -41,15 +41,17 @@ FORMAT_VERSION = 1
 
 
 def job_fields(spec: str) -> list[str]:
-    """The job columns of a field set: ``paper``, ``context`` or a comma list."""
+    """The job columns of a field set: ``paper``, ``context`` or a comma list of columns and set names."""
     from llmad.data.context import CONTEXT_FEATURES
     from llmad.data.flowbench import PAPER_FEATURES
 
-    if spec == "paper":
-        return list(PAPER_FEATURES)
-    if spec == "context":
-        return ["transformation"] + list(PAPER_FEATURES) + list(CONTEXT_FEATURES)
-    cols = [c.strip() for c in str(spec).split(",") if c.strip()]
+    sets = {"paper": list(PAPER_FEATURES),
+            "context": ["transformation"] + list(PAPER_FEATURES) + list(CONTEXT_FEATURES)}
+    cols: list[str] = []
+    for part in (c.strip() for c in str(spec).split(",")):
+        for c in sets.get(part, [part] if part else []):
+            if c not in cols:
+                cols.append(c)
     if not cols:
         raise LlmadError(f"--fields {spec!r}: expected paper, context or a comma list of columns")
     return cols
@@ -394,7 +396,8 @@ class WindowNLLDetector(NLLCore, WindowDetector):
     def _fit(self, train: Any) -> None:
         c = self.config.validate()
         if self.features is None:
-            self.features = list(getattr(train, "features", None) or [f"f{i}" for i in range(as_windows(train).shape[2])])
+            self.features = list(getattr(train, "features", None)
+                                 or [f"f{i}" for i in range(as_windows(train).shape[2])])
         self.fields_ = window_fields(self.features, c.window_stats)
         self.load_model()
         recs = self.records(train)
