@@ -16,7 +16,8 @@ def info(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:1000
          data_dir: Optional[str] = DataDir,
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Runs, jobs, label and anomaly-type counts, features of a dataset."""
-    from llmad.data.flowbench import load_jobs, summarize
+    from llmad.data import load_jobs
+    from llmad.data.flowbench import summarize
 
     s = summarize(load_jobs(spec, data_dir))
     if as_json:

@@ -31,7 +31,7 @@ def render(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:10
 
     get_template(template, "job")  # fail on a bad template before loading data
     s = load_split(spec, split=split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
-                   context=(template == "context"), causal=causal)
+                   context=(template == "context"), causal=causal, columns=d.columns)
     df = s.part(part)
     texts = render_jobs(df, template, causal=causal)
     frame = pd.DataFrame({"text": texts, "label": df["label"].astype(int).to_numpy()})

@@ -12,7 +12,7 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options
-from llmad.config import DataConfig
+from llmad.config import DataConfig, field_help
 
 
 @app.command(cls=ConfigCommand)
@@ -53,6 +53,7 @@ def predict(
     model: str = typer.Option(..., "--model", "-m", help="a saved job detector (<out>/model of sft, icl, baseline)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    columns: Optional[str] = typer.Option(None, "--columns", help=field_help(DataConfig, "columns")),
     split: Optional[str] = typer.Option(None, "--split", help="score one part of this split (default: all jobs)"),
     part: str = typer.Option("test", "--part", help="train | validation | test (with --split)"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow"),
@@ -65,6 +66,8 @@ def predict(
     from llmad.api.hooks import RunHooks
     from llmad.api.predict import run_predict
 
-    res = run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed, test_workflow=test_workflow,
+    from llmad.data.specs import with_columns
+
+    res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed, test_workflow=test_workflow,
                       limit=limit, out=out, quantize=int8, hooks=RunHooks(log=typer.echo))
     typer.echo(res.summary)

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from llmad.cli.apps import app
+from llmad.config import DataConfig, field_help
 from llmad.cli.options import ConfigCommand, config_options
 
 # watch scores with torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that
@@ -25,6 +26,7 @@ def replay(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
     data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    columns: Optional[str] = typer.Option(None, "--columns", help=field_help(DataConfig, "columns")),
     split: str = typer.Option("run", "--split", help="run | workflow | none (every run of --data)"),
     part: str = typer.Option("test", "--part", help="train | validation | test"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="for --split workflow"),
@@ -48,7 +50,9 @@ def replay(
     prog = None if quiet else (lambda m: typer.echo(m, err=True))
     # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
     live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
-    res = run_replay(model, data, cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
+    from llmad.data.specs import with_columns
+
+    res = run_replay(model, with_columns(data, columns), cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
                      train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
                      hooks=RunHooks(log=prog), on_alert=live)
     typer.echo(f"wrote {res.out_dir}")
