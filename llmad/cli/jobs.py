@@ -51,12 +51,12 @@ def import_(path: str = typer.Argument(..., help="job table: CSV, CSV.gz, Parque
     c = Console()
     runs = f"{rep['runs']:,} runs" if rep["runs"] is not None else "no run ids"
     rate = f"label rate {rep['label_rate']:.4f}" if rep["label_rate"] is not None else "no labels"
-    c.print(f"[bold]{path}[/]: {rep['rows']:,} rows, {runs}, {rate}; splits by {rep['split_unit']}; "
-            f"map: {rep['map_source']}")
+    typer.echo(f"{path}: {rep['rows']:,} rows, {runs}, {rate}; splits by {rep['split_unit']}; "
+               f"map: {rep['map_source']}")
     t = Table("column", "type", "missing", "role")
     for col in rep["columns"]:
         t.add_row(col["column"], col["dtype"], f"{col['missing_rate']:.1%}", col["role"])
     c.print(t)
-    c.print(f"features ({len(rep['features'])}): {', '.join(rep['features'])}")
+    typer.echo(f"features ({len(rep['features'])}): {', '.join(rep['features'])}")
     spec = f"jobs:{path}" + (f" --columns {columns}" if columns and Path(columns) != sidecar_path(path) else "")
-    c.print(f"use it as: --data {spec}")
+    typer.echo(f"use it as: --data {spec}")
