@@ -53,13 +53,14 @@ COMMAND_ONLY = {
     "sft": {"config"},
     "icl": set(),
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "runs", "train_runs",
-               "val_runs", "out", "quiet"},
+               "val_runs", "out", "quiet", "columns"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
               "checkpoint_s"},
     "numeric": set(),
 }
 # Commands without a config class: all their options are their own.
-NO_CONFIG = {"predict", "compare", "pretrain moment", "windows-text", "data info", "data list", "data fetch"}
+NO_CONFIG = {"predict", "compare", "pretrain moment", "windows-text", "data info", "data list", "data fetch",
+             "data import"}
 
 # Every flag of every command before options were generated (flags must keep their names and short forms).
 FLAGS_BEFORE = {

@@ -75,6 +75,14 @@ def test_sft_renders_the_tables_own_columns_and_predicts(tmp_path):
     ok(["predict", "--model", tmp_path / "s" / "model", *DATA, "--split", "run", "--limit", 40,
         "--out", tmp_path / "p"])
     assert metrics(tmp_path / "p")["jobs"] == m["sizes"]["test"]
+    det = json.loads((tmp_path / "s" / "model" / "detector.json").read_text())
+    assert det["features"] == ["wall_seconds", "queue_seconds", "bytes_in", "partition"]
+    ok(["replay", "--model", tmp_path / "s" / "model", *DATA, "--runs", 1, "--backend", "torch", "-q",
+        "--out", tmp_path / "r"])
+    assert metrics(tmp_path / "r")["runs"] == 1
+    preds = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    # The job's own numbers arrive at its end: the sentence (and score) then differs from the one at submit.
+    assert preds["final_score"].notna().all() and (preds["observations"] >= 2).all()
     from llmad.data import load_jobs
     from llmad.render import render_jobs
 
