@@ -68,6 +68,7 @@ def predict(
 
     from llmad.data.specs import with_columns
 
-    res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed, test_workflow=test_workflow,
+    res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed,
+                      test_workflow=test_workflow,
                       limit=limit, out=out, quantize=int8, hooks=RunHooks(log=typer.echo))
     typer.echo(res.summary)

@@ -52,7 +52,8 @@ def replay(
     live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
     from llmad.data.specs import with_columns
 
-    res = run_replay(model, with_columns(data, columns), cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
+    res = run_replay(model, with_columns(data, columns), cfg, split=split, part=part, seed=seed, runs=runs,
+                     val_runs=val_runs,
                      train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
                      hooks=RunHooks(log=prog), on_alert=live)
     typer.echo(f"wrote {res.out_dir}")

@@ -34,6 +34,7 @@ GUESSES = {
     "host": ("host", "hostname", "node", "kickstart_hostname", "machine"),
     "type": ("type", "job_type", "task_name", "transformation", "kickstart_transformations", "task"),
 }
+STAMP_WORDS = {"submit": ("submit",), "execute_start": ("start",), "execute_end": ("end", "finish", "stop")}
 _PRINTED: set[str] = set()
 
 
@@ -138,12 +139,30 @@ def infer_column_map(df: pd.DataFrame) -> dict[str, Any]:
                 used.add(lower[n])
                 break
     ts = {t: lower[t] for t in TIMESTAMPS if t in lower and lower[t] not in used}
+    for stamp, words in STAMP_WORDS.items():  # t_submit, start_time, end_ts ... that hold times
+        if stamp in ts:
+            continue
+        for low, col in lower.items():
+            if col not in used and col not in ts.values() and any(w in low for w in words) and _looks_like_time(
+                    df[col], low):
+                ts[stamp] = col
+                break
     if ts:
         cmap["timestamps"] = ts
         used |= set(ts.values())
     cmap["features"] = [str(c) for c in df.columns if str(c) not in used
                         and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     return cmap
+
+
+def _looks_like_time(s: pd.Series, name: str) -> bool:
+    """Date-times, or numbers under a time-like name (``t_start``, ``start_time``, ``end_ts``)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return True
+    if pd.api.types.is_numeric_dtype(s):
+        return name.startswith("t_") or name.endswith(("_time", "_ts", "_epoch"))
+    sample = s.dropna().astype(str).head(20)
+    return len(sample) > 0 and pd.to_datetime(sample, errors="coerce", format="mixed").notna().all()
 
 
 def map_yaml(cmap: dict[str, Any]) -> str:

@@ -192,7 +192,8 @@ def paper_split(jobs: pd.DataFrame, data_dir: str | Path | None = None) -> Split
 
 def make_split(jobs: pd.DataFrame, kind: str = "run", seed: int = 0, test_workflow: str | None = None,
                data_dir: str | Path | None = None, limit: int | None = None) -> Split:
-    """Build a split by kind (run | paper | workflow | time | row); ``limit`` subsamples each part (seeded) for quick runs."""
+    """Build a split by kind (run | paper | workflow | time | row); ``limit`` subsamples each part (seeded) for quick
+    runs."""
     if kind == "run" and jobs.attrs.get("split_unit") in ("time", "row"):
         kind = jobs.attrs["split_unit"]  # a table without run ids: by time, else by row (named as such)
     if kind == "run":

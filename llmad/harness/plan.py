@@ -112,7 +112,8 @@ def plan(recipe: Recipe) -> list[RunSpec]:
                         data = {"spec": d.spec, "split": conf.get("split", "time"), "data_dir": d.data_dir,
                                 "test_types": d.test_types}
                     else:
-                        data = asdict(DataConfig(spec=with_columns(d.spec, d.columns), data_dir=d.data_dir, split=d.split or "run",
+                        data = asdict(DataConfig(spec=with_columns(d.spec, d.columns), data_dir=d.data_dir,
+                                                 split=d.split or "run",
                                                  seed=seed, test_workflow=d.test_workflow, limit=d.limit))
                     built = from_dict(cls, config_for_class(m.method, conf), where=f"method {m.name}")
                     resolved = asdict(built)

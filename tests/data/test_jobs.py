@@ -27,7 +27,8 @@ def test_example_table_maps_onto_the_canonical_job_frame():
     assert jobs["label"].tolist() == raw["is_anomaly"].tolist()
     assert set(jobs.loc[jobs["label"] == 1, "anomaly_type"]) == {"cpu_slow", "disk_slow"}
     assert (jobs.loc[jobs["label"] == 0, "anomaly_type"] == "normal").all()
-    assert jobs["host"].tolist() == raw["node"].tolist() and jobs["transformation"].tolist() == raw["task_name"].tolist()
+    assert jobs["host"].tolist() == raw["node"].tolist()
+    assert jobs["transformation"].tolist() == raw["task_name"].tolist()
     # ISO date-times become epoch seconds under the Flow-Bench names; delays are derived from them.
     t0 = pd.Timestamp(raw["t_submit"][0], tz="UTC").timestamp()
     assert jobs["submit"][0] == pytest.approx(t0)
@@ -70,11 +71,16 @@ def test_inferred_map_is_printed_and_degrades_to_what_it_recognises(capsys):
     jobs = load_jobs(f"jobs:{TABLE}")
     err = capsys.readouterr().err
     assert "inferred" in err and "run: dag_run" in err and "host: node" in err
-    # No Flow-Bench stamp names in this table: no timestamps, features = the numeric rest.
-    assert "execute_start" not in jobs.columns
+    # Time-like names holding date-times become stamps; features = the numeric rest (the category is not guessed).
+    assert jobs.attrs["split_unit"] == "run" and jobs["execute_start"].notna().all()
     assert job_features(jobs) == ["wall_seconds", "queue_seconds", "bytes_in"]
-    cmap = infer_column_map(pd.read_csv(TABLE))
+    raw = pd.read_csv(TABLE)
+    cmap = infer_column_map(raw)
     assert cmap["label"] == "is_anomaly" and cmap["anomaly_type"] == "fault" and cmap["type"] == "task_name"
+    assert cmap["timestamps"] == {"submit": "t_submit", "execute_start": "t_start", "execute_end": "t_end"}
+    # Renamed columns: nothing to recognise but numbers -> features only, split by row.
+    bare = infer_column_map(raw[["wall_seconds", "node"]].rename(columns={"node": "where"}))
+    assert bare == {"features": ["wall_seconds"]}
 
 
 def test_missing_optional_columns_degrade_and_a_missing_mapped_column_is_one_error(tmp_path, capsys):
@@ -131,7 +137,8 @@ def test_import_report_counts_rows_runs_labels_and_columns():
     assert rep["rows"] == len(raw) and rep["runs"] == raw["dag_run"].nunique()
     assert rep["label_rate"] == pytest.approx(raw["is_anomaly"].mean())
     by = {c["column"]: c for c in rep["columns"]}
-    assert raw["bytes_in"].isna().any() and by["bytes_in"]["missing_rate"] == pytest.approx(raw["bytes_in"].isna().mean())
+    assert raw["bytes_in"].isna().any()
+    assert by["bytes_in"]["missing_rate"] == pytest.approx(raw["bytes_in"].isna().mean())
     assert by["t_start"]["role"] == "timestamps.execute_start" and by["partition"]["role"] == "feature"
 
 
