@@ -65,10 +65,8 @@ def predict(
     """Score jobs with a saved detector (sft, icl, baseline): predictions.csv, and metrics when labels are present."""
     from llmad.api.hooks import RunHooks
     from llmad.api.predict import run_predict
-
     from llmad.data.specs import with_columns
 
     res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed,
-                      test_workflow=test_workflow,
-                      limit=limit, out=out, quantize=int8, hooks=RunHooks(log=typer.echo))
+                      test_workflow=test_workflow, limit=limit, out=out, quantize=int8, hooks=RunHooks(log=typer.echo))
     typer.echo(res.summary)

@@ -44,18 +44,16 @@ def replay(
     from llmad.api.hooks import RunHooks
     from llmad.api.replay import run_replay
     from llmad.config import merge
+    from llmad.data.specs import with_columns
     from llmad.stream.config import StreamConfig, parse_speed
 
     cfg = merge(StreamConfig(), stream_opts).check()
     prog = None if quiet else (lambda m: typer.echo(m, err=True))
     # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
     live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
-    from llmad.data.specs import with_columns
-
     res = run_replay(model, with_columns(data, columns), cfg, split=split, part=part, seed=seed, runs=runs,
-                     val_runs=val_runs,
-                     train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=out,
-                     hooks=RunHooks(log=prog), on_alert=live)
+                     val_runs=val_runs, train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir,
+                     out=out, hooks=RunHooks(log=prog), on_alert=live)
     typer.echo(f"wrote {res.out_dir}")
 
 
