@@ -15,13 +15,13 @@ if TYPE_CHECKING:  # sklearn behind splits costs seconds; `llmad data ...` comma
 def load_jobs(spec: str | Path, data_dir: str | Path | None = None, columns: str | None = None) -> "pd.DataFrame":
     """The job table of a spec: ``flowbench:...`` (Flow-Bench archives) or ``jobs:<table>`` (your own table, read
     through its column map: ``columns``, the spec's ``?columns=``, a sidecar, or an inferred map)."""
-    from llmad.data.specs import parse_spec
+    from llmad.data.specs import parse_spec, with_columns
 
-    kind, arg = parse_spec(str(spec), family="jobs")
+    kind, arg = parse_spec(with_columns(str(spec), columns), family="jobs")  # a map on a flowbench: spec fails here
     if kind == "jobs":
         from llmad.data.jobs import load_job_table
 
-        return load_job_table(arg, columns)
+        return load_job_table(arg)
     from llmad.data.flowbench import load_jobs as load_flowbench
 
     return load_flowbench(spec, data_dir)

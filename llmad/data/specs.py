@@ -16,12 +16,15 @@ SERIES_KINDS = ("nezha", "smd", "asd", "csv")  # metric series (numeric track); 
 
 
 def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
-    """The one dataset-spec parser: ``kind:arg`` -> (kind, arg); an existing path is a Flow-Bench folder or zip.
+    """The one dataset-spec parser: ``kind:arg`` -> (kind, arg); an existing path is a Flow-Bench folder or zip, or
+    a job table (CSV, CSV.gz, Parquet: ``jobs:``).
 
     ``family="jobs"`` or ``"series"`` also requires a kind of that family (a clear error names what fits).
     """
     spec = str(spec)
-    if Path(spec).exists():
+    if Path(spec).is_file() and spec.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+        kind, arg = "jobs", spec  # a table file: your own jobs (jobs:<path>)
+    elif Path(spec).exists():
         kind, arg = "flowbench", spec
     elif ":" in spec and spec.split(":", 1)[0] in KNOWN_KINDS:
         kind, arg = spec.split(":", 1)
@@ -50,10 +53,10 @@ def with_columns(spec: str, columns: str | None) -> str:
     table the same way."""
     if not columns:
         return spec
-    kind = str(spec).split(":", 1)[0]
+    kind, arg = parse_spec(spec)
     if kind != "jobs":
         raise LlmadError(f"--columns {columns}: a column map applies to jobs:<table> specs only, got {spec!r}")
-    return f"{str(spec).partition('?columns=')[0]}?columns={columns}"
+    return f"jobs:{arg.partition('?columns=')[0]}?columns={columns}"
 
 
 def spec_name(spec: str) -> str:

@@ -40,6 +40,8 @@ def test_example_table_maps_onto_the_canonical_job_frame():
 
 def test_spec_grammar_and_column_map_in_the_spec():
     assert parse_spec("jobs:x.csv", family="jobs") == ("jobs", "x.csv")
+    assert parse_spec(str(TABLE)) == ("jobs", str(TABLE))  # a table path needs no prefix
+    assert with_columns(str(TABLE), "m.yaml") == f"jobs:{TABLE}?columns=m.yaml"
     spec = with_columns("jobs:x.csv", "m.yaml")
     assert spec == "jobs:x.csv?columns=m.yaml" and with_columns(spec, "n.yaml") == "jobs:x.csv?columns=n.yaml"
     assert spec_name(spec) == "x" and spec_name("flowbench:a,b") == "a+b"

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from badinput.runner import assert_no_crash, assert_user_error, run_cli
 from conftest import make_tiny_bert
@@ -101,11 +100,3 @@ def test_icl_and_compare_on_the_example(tmp_path, smol_tokenizer):  # noqa: F811
     ok(["compare", tmp_path / "recipe.yaml", "--out", tmp_path / "c", "-q"])
     table = pd.read_csv(tmp_path / "c" / "results.csv")
     assert {"rf-plain", "replay-rf"} <= set(table["method"]) and table["f1_mean"].notna().all()
-
-
-@pytest.mark.parametrize("bad", ["run: nope\n", "features: wall_seconds\n", "timestamps: {started: t_start}\n"])
-def test_a_bad_map_is_one_line(tmp_path, bad):
-    (tmp_path / "m.yaml").write_text(bad)
-    res = run_cli(["baseline", "--data", f"jobs:{TABLE}", "--columns", str(tmp_path / "m.yaml"),
-                   "--out", str(tmp_path / "b")])
-    assert_user_error(res, "m.yaml" if "nope" not in bad else "nope")
