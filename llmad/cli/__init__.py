@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         # With standalone_mode=False typer returns the exit code instead of exiting: pass it on.
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="llmad", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except LlmadError as e:

@@ -76,7 +76,7 @@ def test_sft_renders_the_tables_own_columns_and_predicts(tmp_path):
     assert metrics(tmp_path / "p")["jobs"] == m["sizes"]["test"]
     det = json.loads((tmp_path / "s" / "model" / "detector.json").read_text())
     assert det["features"] == ["wall_seconds", "queue_seconds", "bytes_in", "partition"]
-    ok(["replay", "--model", tmp_path / "s" / "model", *DATA, "--runs", 1, "--backend", "torch", "-q",
+    ok(["replay", "--model", tmp_path / "s" / "model", *DATA, "--limit", 1, "--backend", "torch", "-q",
         "--out", tmp_path / "r"])
     assert metrics(tmp_path / "r")["runs"] == 1
     preds = pd.read_csv(tmp_path / "r" / "predictions.csv")
