@@ -7,10 +7,11 @@ from typing import Optional
 import typer
 
 from llmad.cli.apps import data_app
+from llmad.cli.options import LlmadCommand
 from llmad.config import DataConfig, field_help
 
 
-@data_app.command("import")
+@data_app.command("import", cls=LlmadCommand)
 def import_(path: str = typer.Argument(..., help="job table: CSV, CSV.gz, Parquet, or a folder of them"),
             columns: Optional[str] = typer.Option(None, "--columns", help=field_help(DataConfig, "columns")),
             infer: bool = typer.Option(False, "--infer",
@@ -18,7 +19,7 @@ def import_(path: str = typer.Argument(..., help="job table: CSV, CSV.gz, Parque
                                             "for you to edit"),
             map_out: Optional[str] = typer.Option(None, "--map-out", help="where --infer writes the map"),
             force: bool = typer.Option(False, "--force", help="--infer: overwrite an existing map file"),
-            report: Optional[str] = typer.Option(None, "--report", help="also write the report as JSON here"),
+            out: Optional[str] = typer.Option(None, "--out", "-o", help="also write the report as JSON to this file"),
             as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
     """Check a job table through its column map: rows, runs, label rate, per-column type and missing rate."""
     from pathlib import Path
@@ -38,10 +39,10 @@ def import_(path: str = typer.Argument(..., help="job table: CSV, CSV.gz, Parque
         typer.echo(f"wrote the inferred column map to {target}", err=True)
         columns = str(target)
     rep = table_report(path, columns)
-    if report:
+    if out:
         from llmad.io import write_json
 
-        write_json(report, rep)
+        write_json(out, rep)
     if as_json:
         typer.echo(json.dumps(rep, indent=2))
         return

@@ -29,7 +29,7 @@ def metrics(run: Path) -> dict:
 
 
 def test_data_import_reports_and_infer_writes_an_editable_map(tmp_path):
-    text = ok(["data", "import", TABLE, "--columns", MAP, "--report", tmp_path / "rep.json"])
+    text = ok(["data", "import", TABLE, "--columns", MAP, "--out", tmp_path / "rep.json"])
     assert "240 rows, 16 runs" in text and "label rate 0.1625" in text and "timestamps.execute_start" in text
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert rep["map_source"] == str(MAP) and rep["split_unit"] == "run"
