@@ -66,6 +66,8 @@ def watch(
     alerts: Optional[str] = typer.Option(None, "--alerts", help="append alerts here as JSON lines (default stdout)"),
     state: Optional[str] = typer.Option(None, "--state", help="offset + state file [ALERTS.state.json]"),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [file suffix, else 1st line]"),
+    columns: Optional[str] = typer.Option(None, "--columns", help="column map (YAML) of a feed in your own table's "
+                                                                  "layout (as for jobs:PATH)"),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for appended records"),
     poll: float = typer.Option(0.2, "--poll", help="seconds between polls of the feed"),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="stop after N s without new records"),
@@ -111,8 +113,13 @@ def watch(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    rename = None
+    if columns:
+        from llmad.data.jobs import feed_renamer, load_column_map
+
+        rename = feed_renamer(load_column_map(columns))
     w = Watcher(det, thr, alert=cfg.alert, k=cfg.k, n=cfg.n, fmt=fmt, state_path=state_path, alerts_path=alerts,
-                batch_lines=batch_lines, max_runs=max_runs, checkpoint_s=checkpoint_s)
+                batch_lines=batch_lines, max_runs=max_runs, checkpoint_s=checkpoint_s, rename=rename)
     info = w.run(path, follow=follow, poll_s=poll, idle_exit_s=idle_exit, stop=lambda: stopping["flag"])
     typer.echo(f"llmad watch: {info.get('records', 0)} records, {info.get('alerts', 0)} alerts, "
                f"{info.get('malformed', 0)} malformed, resumed={info['resumed']}", err=True)

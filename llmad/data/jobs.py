@@ -353,6 +353,33 @@ def numeric_matrix(jobs: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return np.column_stack(cols) if cols else np.zeros((len(jobs), 0))
 
 
+def feed_renamer(cmap: dict[str, Any]):
+    """For ``llmad watch --columns``: a function turning one feed record (the table's column names) into the canonical
+    field names, date-time stamps into epoch seconds (an unparseable one is left for the feed's number check)."""
+    ren = {cmap[k]: canon for k, canon in (("run", "run_id"), ("job", "job_id"), ("host", "host"),
+                                           ("type", "transformation"), ("anomaly_type", "anomaly_type"),
+                                           ("label", "label")) if k in cmap}
+    ren.update({col: stamp for stamp, col in cmap.get("timestamps", {}).items()})
+    stamps = set(cmap.get("timestamps", {}))
+
+    def apply(rec: dict[str, Any]) -> dict[str, Any]:
+        out = {ren.get(k, k): v for k, v in rec.items()}
+        for s in stamps & set(out):
+            v = out[s]
+            if isinstance(v, str):
+                try:
+                    out[s] = float(v)
+                except ValueError:
+                    t = pd.to_datetime(v, errors="coerce", utc=True)
+                    if not pd.isna(t):
+                        out[s] = (t - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        if "transformation" in out and "job_type" not in out:
+            out["job_type"] = out["transformation"]
+        return out
+
+    return apply
+
+
 def table_report(path: str, columns: str | None = None) -> dict[str, Any]:
     """What ``llmad data import`` prints: rows, runs, label rate, the map used, per-column type and missing rate."""
     df = read_table(path)
@@ -373,4 +400,5 @@ def table_report(path: str, columns: str | None = None) -> dict[str, Any]:
 
 
 __all__ = ["MAP_KEYS", "load_job_table", "load_column_map", "infer_column_map", "map_yaml", "resolve_map",
-           "to_job_frame", "job_features", "numeric_matrix", "table_report", "sidecar_path", "jobs_arg", "read_table"]
+           "to_job_frame", "job_features", "feed_renamer", "numeric_matrix", "table_report", "sidecar_path", "jobs_arg",
+           "read_table"]

@@ -55,7 +55,7 @@ COMMAND_ONLY = {
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "train_limit",
                "val_limit", "out", "quiet", "columns"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
-              "checkpoint_s"},
+              "checkpoint_s", "columns"},
     "numeric": set(),
 }
 # Commands without a config class: all their options are their own.

@@ -56,6 +56,16 @@ def test_baseline_predict_and_replay_on_the_example(tmp_path):
     assert r["runs"] >= 2 and r["anomalous_jobs"] > 0
     # The table's own numbers are measurements: known when a job ends, never at its start.
     assert r["caught_before_execute_end_share"] == 0.0
+    # watch: a live feed in the table's own layout (its column names, ISO date-times), read through the same map.
+    feed = pd.read_csv(TABLE).sort_values("t_end")
+    feed.to_csv(tmp_path / "feed.csv", index=False)
+    text = ok(["watch", tmp_path / "feed.csv", "--model", tmp_path / "b" / "model", "--columns", MAP, "--no-follow",
+               "--alerts", tmp_path / "alerts.jsonl"])
+    assert "240 records" in text and "0 malformed" in text
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert alerts and {a["run_id"] for a in alerts} <= set(feed["dag_run"])
+    flagged = {a["job_id"] for a in alerts}
+    assert feed.loc[feed["job_id"].isin(flagged), "is_anomaly"].mean() > feed["is_anomaly"].mean()
     # Without a run column a replay is refused in one line.
     cmap = yaml.safe_load(MAP.read_text())
     del cmap["run"]
