@@ -4,6 +4,7 @@ Memory does not grow with the stream: ``split_run_ids`` reads only labels, ``ite
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,6 +23,7 @@ def _specs(spec: str) -> list[str]:
     return [a.strip() for a in arg.split(",") if a.strip()]
 
 
+@lru_cache(maxsize=1)  # a replay lists, splits and iterates the same table several times: read it once
 def table_runs(spec: str) -> list[tuple[str, str, Callable[[], pd.DataFrame], str]]:
     """The runs of a ``jobs:`` table (read whole: it is the user's own table), each reader returning its frame."""
     from llmad.data import load_jobs
