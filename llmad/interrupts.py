@@ -27,7 +27,7 @@ def clear() -> None:
 def interrupted_message() -> str:
     """One line for Ctrl-C: the folder of the run in progress, what it holds, and how to continue."""
     if not _runs:
-        return "llmad: interrupted (no output folder had been started)"
+        return "llmad: interrupted before this command wrote any output"
     out, hint, kept = _runs[-1]
     if hint:
         return f"llmad: interrupted; kept {kept} in {out} (resume: {hint})"

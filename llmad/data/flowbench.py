@@ -82,7 +82,10 @@ def load_jobs(spec: str | Path, data_dir: str | Path | None = None) -> pd.DataFr
     if kind != "flowbench":
         raise DataError(f"dataset spec {spec!r} is not a Flow-Bench spec (jobs come from flowbench:<workflow>)")
     if "," in arg:
-        return pd.concat([load_jobs(f"flowbench:{a.strip()}", data_dir) for a in arg.split(",")], ignore_index=True)
+        parts = [a.strip() for a in arg.split(",")]
+        if "" in parts:
+            raise DataError(f"dataset spec {spec!r}: empty name in the comma list")
+        return pd.concat([load_jobs(f"flowbench:{a}", data_dir) for a in parts], ignore_index=True)
     if arg in ("all", "*"):
         return pd.concat([load_jobs(f"flowbench:{w}", data_dir) for w in available_workflows(data_dir)],
                          ignore_index=True)

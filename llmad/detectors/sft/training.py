@@ -153,6 +153,70 @@ def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> 
     return str(max(cands)[1]) if cands else None
 
 
+def checkpoint_damage(ckpt: str | Path) -> str | None:
+    """Why a complete-looking ``checkpoint-N`` cannot be resumed from (a truncated or corrupt file), or None.
+
+    Cheap structural checks only: trainer_state.json parses; each safetensors file is as long as its header says;
+    each torch ``.pt``/``.pth`` file (optimizer, scheduler, RNG state) is a zip with its central directory intact.
+    """
+    import json
+    import struct
+    import zipfile
+
+    c = Path(ckpt)
+    try:
+        json.loads((c / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json is not valid JSON ({str(e)[:80]})"
+    for f in sorted(c.glob("*.safetensors")):
+        raw = f.read_bytes()
+        try:
+            (n,) = struct.unpack("<Q", raw[:8])
+            header = json.loads(raw[8:8 + n])
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (struct.error, ValueError, KeyError, TypeError, IndexError):
+            return f"{f.name} has no readable safetensors header"
+        if len(raw) != 8 + n + end:
+            return f"{f.name} is {len(raw):,} bytes, its header says {8 + n + end:,} (truncated or damaged)"
+    for f in sorted([*c.glob("*.pt"), *c.glob("*.pth")]):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{f.name} is damaged ({e})"
+    return None
+
+
+def resume_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The newest complete, undamaged checkpoint to resume from; damaged newer ones are set aside with a warning.
+
+    A damaged checkpoint is renamed ``damaged-checkpoint-N`` (kept for inspection, out of the Trainer's way). When
+    every complete checkpoint is damaged, a one-line error names the newest.
+    """
+    from llmad.errors import warn
+
+    latest_checkpoint(ckpt_dir, remove_incomplete=True)
+    d = Path(ckpt_dir)
+    cands = sorted(((int(c.name.split("-")[1]), c) for c in d.glob("checkpoint-*")
+                    if re.fullmatch(r"checkpoint-\d+", c.name) and (c / "trainer_state.json").is_file()),
+                   reverse=True) if d.is_dir() else []
+    damaged: list[tuple[Path, str]] = []
+    for _, c in cands:
+        why = checkpoint_damage(c)
+        if why is None:
+            for bad, reason in damaged:
+                warn("damaged-checkpoint", f"{bad}: {reason}; resuming from the earlier {c.name} instead (the "
+                                           f"damaged one is kept as {bad.parent / ('damaged-' + bad.name)})")
+                if is_main_process():
+                    bad.rename(bad.parent / f"damaged-{bad.name}")
+            return str(c)
+        damaged.append((c, why))
+    if damaged:
+        bad, why = damaged[0]
+        raise LlmadError(f"--resume: checkpoint {bad} is damaged ({why}) and no earlier complete checkpoint is left; "
+                         f"delete {bad.parent} to train from the start, or use another --out")
+    return None
+
+
 @dataclass
 class TrainOutcome:
     """What one ``Trainer.train`` call left: the trained model, its state, timing and where it resumed from."""
@@ -185,7 +249,7 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator(tokenizer), processing_class=tokenizer, compute_loss_func=loss_fn,
                       compute_metrics=compute_metrics if val_ds is not None else None, callbacks=callbacks)
-    resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
+    resume_from = resume_checkpoint(ckpt_dir) if resume else None
     if resume and resume_from is None:
         printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
     elif resume_from:
@@ -200,5 +264,6 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
 
 
 __all__ = ["is_main_process", "check_config", "training_rows", "training_arguments", "validation_line",
-           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "train_model", "TrainOutcome",
+           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "checkpoint_damage", "resume_checkpoint",
+           "train_model", "TrainOutcome",
            "THRESHOLD_OBJECTIVES"]
