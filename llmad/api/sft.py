@@ -94,7 +94,7 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
     if cfg.resume:
         _check_resume(out, cfg)
         resume_checkpoint(out / "checkpoints")  # a damaged checkpoint: warn and fall back, or fail before any work
-    note_run(out, f"add --resume to the same command (--out {out})", kept="checkpoints")
+    note_run(out, "add --resume to the same command", kept="checkpoints")
     if is_main_process():
         write_json(out / "sft_run.json", cfg)
     if split is None:

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 
 from conftest import make_run_frame, write_zip
-from tests.badinput.runner import assert_no_crash, assert_user_error, assert_warned, run_cli
+from tests.badinput.runner import assert_user_error, assert_warned, run_cli
 
 
 def runs(n: int = 9) -> dict[str, pd.DataFrame]:
     """Nine tiny runs of one workflow: 3 normal, 6 with one slow host."""
-    return {f"toywf-run{r:04d}": make_run_frame(r, anomalous_host=None if r <= 3 else "worker1") for r in range(1, n + 1)}
+    return {f"toywf-run{r:04d}": make_run_frame(r, anomalous_host=None if r <= 3 else "worker1")
+            for r in range(1, n + 1)}
 
 
 def zip_bytes(path: Path, members: dict[str, bytes]) -> Path:

@@ -169,15 +169,16 @@ def checkpoint_damage(ckpt: str | Path) -> str | None:
     except (OSError, ValueError) as e:
         return f"trainer_state.json is not valid JSON ({str(e)[:80]})"
     for f in sorted(c.glob("*.safetensors")):
-        raw = f.read_bytes()
+        size = f.stat().st_size
         try:
-            (n,) = struct.unpack("<Q", raw[:8])
-            header = json.loads(raw[8:8 + n])
+            with open(f, "rb") as fh:  # the header only: weights may be gigabytes
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n)) if n < size else None
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        except (struct.error, ValueError, KeyError, TypeError, IndexError):
-            return f"{f.name} has no readable safetensors header"
-        if len(raw) != 8 + n + end:
-            return f"{f.name} is {len(raw):,} bytes, its header says {8 + n + end:,} (truncated or damaged)"
+        except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"{f.name} has no readable safetensors header (truncated or damaged)"
+        if size != 8 + n + end:
+            return f"{f.name} is {size:,} bytes, its header says {8 + n + end:,} (truncated or damaged)"
     for f in sorted([*c.glob("*.pt"), *c.glob("*.pth")]):
         try:
             zipfile.ZipFile(f).close()
