@@ -28,7 +28,7 @@ def interrupted_message() -> str:
     """One line for Ctrl-C: the folder of the run in progress, what it holds, and how to continue."""
     if not _runs:
         return "llmad: interrupted before this command wrote any output"
-    out, hint, kept = _runs[-1]
+    out, hint, kept = _runs[0]  # the command's own folder (a compare notes its runs' folders after its own)
     if hint:
         return f"llmad: interrupted; kept {kept} in {out} (resume: {hint})"
     if out.is_dir() and (out / "metrics.json").is_file():

@@ -104,14 +104,14 @@ def read_source(src: Path) -> pd.DataFrame:
         except OSError as e:
             raise DataError(f"cannot read member ({e})", file=name) from None
         df = read_run_csv(raw, name, workflow=src.stem if src.suffix == ".zip" else src.name)
-        for c in df.attrs.get("filled_columns", []):
-            absent.setdefault(c, []).append(name)
+        if df.attrs.get("filled_columns"):
+            absent.setdefault(tuple(df.attrs["filled_columns"]), []).append(name)
         frames.append(df)
         files += [name] * len(df)
         rows += range(2, len(df) + 2)
-    for c, names in absent.items():
-        warn("missing-column", f"file {names[0]}: no column {c!r} (nor in {len(names) - 1} more of {len(members)} "
-                               f"files): left empty (missing) for their jobs")
+    for cols, names in absent.items():  # one warning per set of absent columns, naming the first file
+        warn("missing-column", f"file {names[0]}: no column(s) {', '.join(map(repr, cols))} (nor in {len(names) - 1} "
+                               f"more of {len(members)} files): left empty (missing) for their jobs")
     jobs = pd.concat(frames, ignore_index=True)
     check_jobs(jobs, str(src), files=files, rows=rows, numeric=NUMERIC)
     return jobs

@@ -28,7 +28,7 @@ def compare(recipe_path: str | Path | dict[str, Any], out: str | Path | None = N
         raise LlmadError("the recipe plans no runs (no method fits any dataset)")
     out = Path(out) if out else Path("runs") / "compare" / slug(recipe.name)
     out.mkdir(parents=True, exist_ok=True)
-    note_run(out, f"the same command with --resume --out {out} (finished runs are reused)", kept="finished runs")
+    note_run(out, "the same command with --resume (finished runs are reused)", kept="finished runs")
     write_json(out / "recipe.resolved.json", {"recipe": recipe, "strong_baselines_added": added,
                                               "runs": [{"hash": s.hash, "method": s.row, "dataset": s.dataset,
                                                         "seed": s.seed} for s in specs]})
