@@ -138,7 +138,11 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 
 
 def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> str | None:
-    """Newest complete ``checkpoint-N`` (trainer_state.json is written last); optionally delete incomplete ones."""
+    """Newest complete ``checkpoint-N`` (trainer_state.json is written last).
+
+    ``remove_incomplete`` (what resuming uses): also delete incomplete ones and set damaged ones aside, returning
+    the newest undamaged one (see :func:`resume_checkpoint`).
+    """
     d = Path(ckpt_dir)
     if not d.is_dir():
         return None
@@ -150,6 +154,8 @@ def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> 
                 cands.append((int(m.group(1)), c))
             elif remove_incomplete and is_main_process():
                 shutil.rmtree(c, ignore_errors=True)  # killed while writing it
+    if remove_incomplete:
+        return _undamaged(sorted(cands, reverse=True))
     return str(max(cands)[1]) if cands else None
 
 
@@ -193,13 +199,13 @@ def resume_checkpoint(ckpt_dir: str | Path) -> str | None:
     A damaged checkpoint is renamed ``damaged-checkpoint-N`` (kept for inspection, out of the Trainer's way). When
     every complete checkpoint is damaged, a one-line error names the newest.
     """
+    return latest_checkpoint(ckpt_dir, remove_incomplete=True)
+
+
+def _undamaged(cands: list[tuple[int, Path]]) -> str | None:
+    """The first undamaged checkpoint of ``cands`` (newest first), setting aside the damaged ones before it."""
     from llmad.errors import warn
 
-    latest_checkpoint(ckpt_dir, remove_incomplete=True)
-    d = Path(ckpt_dir)
-    cands = sorted(((int(c.name.split("-")[1]), c) for c in d.glob("checkpoint-*")
-                    if re.fullmatch(r"checkpoint-\d+", c.name) and (c / "trainer_state.json").is_file()),
-                   reverse=True) if d.is_dir() else []
     damaged: list[tuple[Path, str]] = []
     for _, c in cands:
         why = checkpoint_damage(c)
@@ -250,7 +256,7 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator(tokenizer), processing_class=tokenizer, compute_loss_func=loss_fn,
                       compute_metrics=compute_metrics if val_ds is not None else None, callbacks=callbacks)
-    resume_from = resume_checkpoint(ckpt_dir) if resume else None
+    resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
     if resume and resume_from is None:
         printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
     elif resume_from:
