@@ -67,6 +67,9 @@ class NumericConfig:
     event_tolerance: int = option(0, "Points after an event that still count as detecting it.", cli=False)
     threshold_objective: str = option("f1", "Validation objective of the threshold: f1 | accuracy | youden.",
                                       cli=False)
+    threshold: str = option("val", "Threshold rule: val (best on validation points) | val-robust (the same on "
+                                   "per-series robust-standardised scores; survives score drift) | "
+                                   "contamination:Q (flag the top Q share of each part's own scores, labels unused)")
     out: str | None = option(None, "Run folder (default runs/numeric/...).")
     extra: dict[str, Any] = option(help="Passed to the detector constructor.", factory=dict, cli=False)
 
@@ -211,12 +214,13 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     ``split``: an already-loaded ``SeriesSplit`` of ``cfg.data`` (else loaded here). ``RunResult.metrics`` is the
     metrics.json content; ``summary`` the line the CLI prints.
     """
-    from llmad.metrics.timeseries import ts_report
+    from llmad.metrics.timeseries import parse_threshold_rule, ts_report, validation_warning
     from llmad.rundir import peak_rss_mb
 
     hooks = RunHooks.of(hooks)
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
+    rule = parse_threshold_rule(cfg.threshold)
     if cfg.shots is not None and cfg.shots < 0:
         raise LlmadError("--shots must be >= 0")
     t_start = time.perf_counter()
@@ -242,6 +246,10 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     fit_s = time.perf_counter() - t0
     val_scores = det.score_points(val_ws)
     det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
+    warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
+        else None
+    if warning:
+        hooks.log(warning)
     hooks.stage(f"scoring {len(test_ws)} test windows")
     t0 = time.perf_counter()
     test_scores = det.score_points(test_ws)
@@ -249,15 +257,19 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     y = test_ws.point_labels()
     ev, types = test_ws.point_events()
     kind, _ = parse_spec(cfg.data, family="series")
-    rep = ts_report(y, test_scores, det.threshold_, event_ids=ev, event_types=types,
+    # The saved detector keeps the raw validation threshold; the rule decides what this run reports.
+    val_scores, val_thr, test_scores, threshold, source = apply_threshold_rule(rule, det, cfg, val_ws, val_scores,
+                                                                               test_ws, test_scores)
+    rep = ts_report(y, test_scores, threshold, event_ids=ev, event_types=types,
                     tolerance=cfg.event_tolerance, step_seconds=STEP_SECONDS.get(kind))
-    val_rep = ts_report(val_ws.point_labels(), val_scores, det.threshold_)
+    val_rep = ts_report(val_ws.point_labels(), val_scores, val_thr)
     metrics: dict[str, Any] = {
         "method": det.name, "dataset": cfg.data, "split": split.summary(),
         "window": window, "stride": stride, "shots": cfg.shots, "selection": sel,
         "test": rep,
         "validation": {k: val_rep[k] for k in ("f1", "precision", "recall", "pr_auc", "roc_auc")},
-        "threshold": det.threshold_, "threshold_source": "validation points (never test)",
+        "threshold": threshold, "threshold_rule": cfg.threshold, "threshold_source": source,
+        "warnings": [warning] if warning else [],
         "timing": {"fit_seconds": fit_s, "score_seconds": score_s,
                    "test_windows": int(len(test_ws)),
                    "windows_per_second": len(test_ws) / score_s if score_s > 0 else float("nan"),
@@ -270,7 +282,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
     names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
     idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])
-    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, det.threshold_)
+    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, threshold)
     preds.insert(0, "series", names)
     preds.insert(1, "point", idx)
     preds["event"] = ev
@@ -285,6 +297,27 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     details = {k: metrics[k] for k in ("method", "window", "stride", "shots", "selection", "threshold", "notes")}
     return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out_dir,
                      summary=summary_line(metrics))
+
+
+def apply_threshold_rule(rule: tuple[str, float | None], det: Any, cfg: NumericConfig, val_ws: WindowSet,
+                         val_scores: np.ndarray, test_ws: WindowSet, test_scores: np.ndarray
+                         ) -> tuple[np.ndarray, float, np.ndarray, float, str]:
+    """(validation scores and threshold, test scores and threshold, where it came from) under ``--threshold``."""
+    from llmad.metrics.classification import choose_threshold
+    from llmad.metrics.timeseries import contamination_threshold, robust_standardise
+
+    name, q = rule
+    if name == "val":
+        thr = float(det.threshold_)
+        return val_scores, thr, test_scores, thr, "validation points (never test)"
+    if name == "val-robust":
+        v = robust_standardise(val_scores, [len(a) for a in val_ws.arrays])
+        t = robust_standardise(test_scores, [len(a) for a in test_ws.arrays])
+        thr = choose_threshold(val_ws.point_labels(), v, objective=cfg.threshold_objective)
+        return v, float(thr), t, float(thr), ("val-robust: best on validation points of per-series "
+                                              "robust-standardised scores ((s - series median) / MAD)")
+    return (val_scores, contamination_threshold(val_scores, q), test_scores, contamination_threshold(test_scores, q),
+            f"contamination:{q:g}: the top {q:.1%} of each part's own scores are flagged (labels unused)")
 
 
 def _notes(cfg: NumericConfig) -> list[str]:
@@ -303,7 +336,7 @@ def summary_line(m: dict[str, Any]) -> str:
     return (f"{m['method']} on {m['dataset']}: F1 {t['f1']:.3f} P {t['precision']:.3f} R {t['recall']:.3f} "
             f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} "
             f"event recall {ev.get('event_recall', float('nan')):.2f} "
-            f"(threshold from validation; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
+            f"(threshold {m.get('threshold_rule', 'val')}; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
 
 
 # ---------------------------------------------------------------------------------------------- pretraining

@@ -62,7 +62,7 @@ def watch(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder"),
     alerts: Optional[str] = typer.Option(None, "--alerts", help="append alerts here as JSON lines (default stdout)"),
     state: Optional[str] = typer.Option(None, "--state", help="offset + state file [ALERTS.state.json]"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [from the file name]"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [file suffix, else 1st line]"),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for appended records"),
     poll: float = typer.Option(0.2, "--poll", help="seconds between polls of the feed"),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="stop after N s without new records"),

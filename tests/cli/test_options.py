@@ -75,7 +75,7 @@ FLAGS_BEFORE = {
             '--threshold', '--train-demos', '--train-examples', '--train-shots', '--train-steps',
             '--trust-remote-code', '--val-limit', '-d', '-k', '-m', '-o', '-t'],
     'numeric': ['--data', '--data-dir', '--finetune', '--limit-series', '--max-steps', '--method', '--model', '--out',
-                '--seed', '--shots', '--split', '--stride', '--test-types', '--view', '--window'],
+                '--seed', '--shots', '--split', '--stride', '--test-types', '--threshold', '--view', '--window'],
     'predict': ['--data', '--data-dir', '--int8', '--limit', '--model', '--out', '--part', '--seed', '--split',
                 '--test-workflow', '-d', '-m', '-o'],
     'pretrain moment': ['--batch-size', '--d-model', '--data', '--data-dir', '--heads', '--layers', '--lr',
