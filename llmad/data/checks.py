@@ -40,11 +40,15 @@ def read_member(zf: zipfile.ZipFile, member: str, label: str) -> bytes:
 
 
 def decode_text(raw: bytes, name: str) -> str:
-    """UTF-8 text of a CSV file: a NUL byte is an error (it cuts the field); other bad bytes warn ``non-utf8``."""
+    """UTF-8 text of a CSV file: a NUL byte is an error (it cuts the field); other bad bytes warn ``non-utf8``.
+
+    Why the difference: a NUL never belongs in CSV text and pandas silently ends the field there (data lost), while
+    a stray Latin-1 byte in a host or transformation name leaves a usable table (shown as U+FFFD, and named).
+    """
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is not part of the header
     except UnicodeDecodeError as e:
-        text = raw.decode("utf-8", errors="replace")
+        text = raw.decode("utf-8-sig", errors="replace")
         row, field = _locate(text, text.find("\ufffd"))
         n = text.count("\ufffd")
         warn("non-utf8", f"file {name}, row {row}, field {field!r}: {n} byte(s) that are not UTF-8 (first: "

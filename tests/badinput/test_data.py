@@ -190,3 +190,10 @@ def test_check_jobs_is_the_shared_table_check():
     bad = pd.concat([jobs, jobs.iloc[[1]].assign(anomaly_type="normal", label=0)], ignore_index=True)
     with pytest.raises(DataError, match=r"file jobs.csv, row 5, field 'anomaly_type'.*repeats row 3"):
         check_jobs(bad, "jobs.csv")
+
+
+def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    members = {k: b"\xef\xbb\xbf" + v for k, v in csv_bytes(runs()).items()}  # as spreadsheet exports write it
+    res, s = info(f"flowbench:{zip_bytes(tmp_path / 'toywf.zip', members)}")
+    assert res.rc == 0, res.text[-2000:]
+    assert s["jobs"] == 9 * 12 and s["warnings"] == {}
