@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_run_frame, write_zip
-from tests.badinput.runner import assert_user_error, assert_warned, run_cli
+from tests.badinput.runner import assert_nothing_partial, assert_user_error, assert_warned, run_cli
 
 
 def runs(n: int = 9) -> dict[str, pd.DataFrame]:
@@ -149,6 +149,7 @@ def test_numeric_csv_bad_timestamp_names_the_real_row(tmp_path, bad, row):
     path = _series_csv(tmp_path / "s.csv", {(row - 2, "timestamp"): bad})
     res = run_cli(["numeric", "--method", "iforest", "--data", f"csv:{path}", "--out", tmp_path / "o"])
     assert_user_error(res, "s.csv", f"row {row}", "timestamp", bad)
+    assert_nothing_partial(tmp_path / "o")
 
 
 def test_numeric_csv_huge_value_warns(tmp_path):
@@ -173,6 +174,7 @@ def test_damaged_npz_member_is_one_line(tmp_path):
     path.write_bytes(bytes(raw))
     res = run_cli(["numeric", "--method", "iforest", "--data", f"smd:{path}", "--out", tmp_path / "o"])
     assert_user_error(res, "machine-1-1.npz")
+    assert_nothing_partial(tmp_path / "o")
 
 
 def test_check_jobs_is_the_shared_table_check():
