@@ -47,7 +47,8 @@ class DataConfig:
     """Which data, which split, which part: ``spec`` is e.g. ``flowbench:1000genome``."""
 
     spec: str = option("flowbench:1000genome", "dataset spec, e.g. flowbench:1000genome", flag="--data -d")
-    data_dir: str | None = option(None, "data folder (default: $LLMAD_DATA_DIR, ./data, ../shared/data)")
+    data_dir: str | None = option(None, "data folder (default: $LLMAD_DATA_DIR, ./data, the checkout's data/, "
+                                        "../shared/data)")
     split: str = option("run", "run | paper (the paper's job-level split) | workflow (unseen workflow)")
     seed: int = option(0, "seed of the split and of every seeded subsample")
     test_workflow: str | None = option(None, "unseen workflow for --split workflow")

@@ -62,7 +62,7 @@ class NumericConfig:
     hidden: int = option(32, "lstm-ae hidden size.", cli=False)
     n_estimators: int = option(200, "iforest / rf / hgb: trees or boosting iterations.", cli=False)
     seed: int = option(0, "Seed of window sampling and training.")
-    limit_series: int | None = option(None, "smd/asd: only the first N machines.")
+    limit_series: int | None = option(None, "smd/asd: only the first N machines (series).", flag="--limit")
     val_fraction: float = option(0.3, "smd/asd: share of the labelled test part used for validation.", cli=False)
     event_tolerance: int = option(0, "Points after an event that still count as detecting it.", cli=False)
     threshold_objective: str = option("f1", "Validation objective of the threshold: f1 | accuracy | youden.",

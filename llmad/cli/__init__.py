@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     show_named_warnings()
     try:
         # With standalone_mode=False typer returns the exit code instead of exiting: pass it on.
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="llmad", standalone_mode=False)
         if isinstance(rc, int) and rc:
             if rc == 130:  # typer.core._main turns a KeyboardInterrupt inside the command into exit code 130
                 raise KeyboardInterrupt

@@ -8,9 +8,10 @@ from typing import List, Optional
 import typer
 
 from llmad.cli.apps import app
+from llmad.cli.options import LlmadCommand
 
 
-@app.command()
+@app.command(cls=LlmadCommand)
 def compare(
     recipe: str = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
     out: Optional[str] = typer.Option(None, "--out", "-o",
@@ -34,5 +35,9 @@ def compare(
     typer.echo(f"{n['done']} runs ran, {n['cached']} from cache, {n['failed']} failed, {n['refused']} refused "
                f"in {rep['total_seconds']:.1f} s; report: {rep['paths']['report_md']}"
                + (f" and {rep['paths']['report_html']}" if "report_html" in rep["paths"] else ""))
+    for s in st:  # the reason of each failure, also with --quiet (the report has them too)
+        if s["status"] in ("failed", "refused"):
+            typer.echo(f"[{s['status']}] {s['method']} on {s['dataset']} seed {s['seed']}: "
+                       f"{s['message'] or 'no message'}", err=True)
     if n["failed"] or n["refused"]:
         raise typer.Exit(1)

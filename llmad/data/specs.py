@@ -1,6 +1,6 @@
 """Dataset spec strings (``flowbench:1000genome``, ``flowbench:/path/x.zip``, ``nezha:trainticket`` ...) and data dirs.
 
-Data dir precedence: ``--data-dir`` > ``$LLMAD_DATA_DIR`` > the project's ``data/`` > ``../shared/data``.
+Data dir precedence: ``--data-dir`` > ``$LLMAD_DATA_DIR`` > ``./data`` > the project's ``data/`` > ``../shared/data``.
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:
     env = os.environ.get("LLMAD_DATA_DIR")
     if env:
         out.append(Path(env))
+    out.append(Path.cwd() / "data")  # ./data of the folder the command runs in, before the checkout's
     out.append(PROJECT_ROOT / "data")
     out.append(PROJECT_ROOT.parent / "shared" / "data")
     out.append(Path.cwd().parent / "shared" / "data")
