@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from llmad.data.checks import check_jobs
 from llmad.data.flowbench import META, NORMAL_TOKENS, PAPER_FEATURES, TIMESTAMPS
 from llmad.data.reveal import DERIVED_DELAYS
-from llmad.errors import DataError, LlmadError
+from llmad.errors import DataError, LlmadError, warn
 
 MAP_KEYS = ("run", "job", "label", "anomaly_type", "host", "type", "timestamps", "features")
 SIDECAR = ".llmad.yaml"
@@ -282,8 +283,7 @@ def to_job_frame(df: pd.DataFrame, cmap: dict[str, Any], name: str, file: str) -
     if "features" in cmap:
         absent = [f for f in cmap["features"] if f not in df.columns]
         if absent:  # an optional column: the detector gets fewer features, the run goes on
-            print(f"warning [missing-feature]: file {file}: feature column(s) {absent} not in the table; "
-                  f"using the others", file=sys.stderr)
+            warn("missing-feature", f"file {file}: feature column(s) {absent} not in the table; using the others")
         feats = [f for f in cmap["features"] if f in df.columns]
     else:
         feats = [c for c in df.columns if c not in named and pd.api.types.is_numeric_dtype(df[c])
@@ -306,6 +306,9 @@ def to_job_frame(df: pd.DataFrame, cmap: dict[str, Any], name: str, file: str) -
                              and pd.api.types.is_numeric_dtype(out[f]) and f not in TIMESTAMPS]
     out.attrs["split_unit"] = "run" if has_run else ("time" if stamps else "row")
     out.attrs["source"] = file
+    # The checks every job loader ends with (repeated job ids, values beyond float32), on the table's own features.
+    check_jobs(out, file, numeric=out.attrs["measured"],
+               features=[f for f in out.attrs["features"] if pd.api.types.is_numeric_dtype(out[f])])
     return out
 
 

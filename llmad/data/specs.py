@@ -22,6 +22,8 @@ def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
     ``family="jobs"`` or ``"series"`` also requires a kind of that family (a clear error names what fits).
     """
     spec = str(spec)
+    if not spec.strip():
+        raise LlmadError("empty dataset spec: expected KIND:NAME (e.g. flowbench:1000genome)")
     if Path(spec).is_file() and spec.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
         kind, arg = "jobs", spec  # a table file: your own jobs (jobs:<path>)
     elif Path(spec).exists():
@@ -34,6 +36,9 @@ def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
     else:
         raise LlmadError(f"dataset spec {spec!r}: expected KIND:NAME with KIND one of {', '.join(KNOWN_KINDS)} "
                          f"(e.g. flowbench:1000genome)")
+    if not arg.strip() and kind in ("flowbench", "jobs", "nezha", "csv"):
+        # An empty path is the current folder: never read it (recursively) by accident.
+        raise LlmadError(f"dataset spec {spec!r} has no name: expected {kind}:<name or path>")
     if family == "series" and kind not in SERIES_KINDS:
         raise LlmadError(f"numeric dataset kind {kind!r}: expected nezha, smd, asd or csv")
     if family == "jobs" and kind not in JOB_KINDS:

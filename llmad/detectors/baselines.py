@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from llmad.config import option
+from llmad.data.checks import clip_features
 from llmad.data.context import CONTEXT_FEATURES, add_context_features
 from llmad.data.flowbench import PAPER_FEATURES
 from llmad.data.jobs import job_features, numeric_matrix
@@ -115,7 +116,9 @@ class BaselineDetector(Detector):
         return feature_columns(self.features, self.columns)
 
     def _x(self, jobs: pd.DataFrame) -> np.ndarray:
-        x = feature_matrix(jobs, self.features, self.causal, self.columns)
+        # sklearn casts to float32: finite values beyond its range are clipped (the loader warned huge-value),
+        # inf means missing.
+        x = clip_features(feature_matrix(jobs, self.features, self.causal, self.columns))
         return np.where(np.isinf(x), np.nan, x)
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "BaselineDetector":

@@ -12,7 +12,7 @@ import yaml
 from llmad.data import load_jobs, load_split
 from llmad.data.jobs import infer_column_map, job_features, load_column_map, table_report
 from llmad.data.specs import parse_spec, spec_name, with_columns
-from llmad.errors import DataError, LlmadError
+from llmad.errors import DataError, LlmadError, LlmadWarning
 
 EXAMPLE = Path(__file__).parent / "jobs_example"
 TABLE, MAP = EXAMPLE / "jobs.csv", EXAMPLE / "map.yaml"
@@ -85,16 +85,17 @@ def test_inferred_map_is_printed_and_degrades_to_what_it_recognises(capsys):
     assert bare == {"features": ["wall_seconds"]}
 
 
-def test_missing_optional_columns_degrade_and_a_missing_mapped_column_is_one_error(tmp_path, capsys):
+def test_missing_optional_columns_degrade_and_a_missing_mapped_column_is_one_error(tmp_path):
     raw = pd.read_csv(TABLE)
     bare = raw[["wall_seconds", "queue_seconds", "fault"]]
     bare.to_csv(tmp_path / "bare.csv", index=False)
     (tmp_path / "m.yaml").write_text(yaml.safe_dump({"anomaly_type": "fault", "features": ["wall_seconds", "gone"]}))
-    jobs = load_jobs(f"jobs:{tmp_path / 'bare.csv'}", columns=str(tmp_path / "m.yaml"))
-    assert "warning [missing-feature]" in capsys.readouterr().err
+    with pytest.warns(LlmadWarning, match="missing-feature.*'gone'"):
+        jobs = load_jobs(f"jobs:{tmp_path / 'bare.csv'}", columns=str(tmp_path / "m.yaml"))
     assert job_features(jobs) == ["wall_seconds"] and jobs.attrs["split_unit"] == "row"
     assert (jobs["label"] == (raw["fault"] != "normal")).all() and set(jobs["host"]) == {"unknown"}
-    sp = load_split(f"jobs:{tmp_path / 'bare.csv'}", columns=str(tmp_path / "m.yaml"), context=True)
+    with pytest.warns(LlmadWarning):
+        sp = load_split(f"jobs:{tmp_path / 'bare.csv'}", columns=str(tmp_path / "m.yaml"), context=True)
     assert sp.kind == "row" and "row split" in sp.description and sum(sp.sizes().values()) == len(raw)
     assert "ctx_host_slowness" in sp.train.columns  # peer features degrade to what the table allows
     (tmp_path / "bad.yaml").write_text("run: dag_id\n")
@@ -167,3 +168,15 @@ def test_flowbench_run_exported_flat_gives_the_same_baseline_metrics(tmp_path):
     for k in ("accuracy", "f1", "roc_auc", "pr_auc", "threshold"):
         assert out["jobs"][k] == pytest.approx(out["fb"][k], abs=1e-12), k
     assert out["jobs"]["split_info"]["sizes"] == out["fb"]["split_info"]["sizes"]
+
+
+def test_the_job_checks_of_every_loader_run_on_own_tables(tmp_path):
+    raw = pd.read_csv(TABLE)
+    pd.concat([raw, raw.iloc[[3]]]).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.warns(LlmadWarning, match="duplicate-job-id"):
+        load_jobs(f"jobs:{tmp_path / 'dup.csv'}", columns=str(MAP))
+    flip = raw["fault"].iloc[3] == "normal"
+    clash = raw.iloc[[3]].assign(is_anomaly=int(flip), fault="cpu_slow" if flip else "normal")
+    pd.concat([raw, clash]).to_csv(tmp_path / "clash.csv", index=False)
+    with pytest.raises(DataError, match="another label"):
+        load_jobs(f"jobs:{tmp_path / 'clash.csv'}", columns=str(MAP))
