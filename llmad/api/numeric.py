@@ -30,6 +30,7 @@ from llmad.data.splits import subsample
 from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
 from llmad.errors import LlmadError
+from llmad.interrupts import note_run
 
 METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb", "nll")
 STEP_SECONDS = {"nezha": 60.0, "smd": 60.0, "asd": 300.0}
@@ -242,6 +243,8 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
                          "(choose another split or more validation data)")
     out_dir = Path(cfg.out) if cfg.out else None
+    if out_dir is not None:
+        note_run(out_dir)
     det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
     hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
     t0 = time.perf_counter()

@@ -17,6 +17,7 @@ from llmad.api.hooks import QUIET, RunHooks
 from llmad.api.result import RunResult
 from llmad.data.splits import subsample
 from llmad.errors import LlmadError
+from llmad.interrupts import note_run
 from llmad.stream import (ReplayResult, StreamConfig, choose_stream_threshold, iter_runs, list_run_members, replay,
                           split_run_ids)
 
@@ -166,6 +167,7 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
     name = Path(model).name if not model.startswith("baseline:") else model.replace(":", "-")
     out_dir = Path(out) if out else default_out("replay", name)
     out_dir.mkdir(parents=True, exist_ok=True)
+    note_run(out_dir)
 
     def report(msg: str) -> None:
         hooks.log(msg)

@@ -22,8 +22,9 @@ from llmad.data.specs import spec_name
 from llmad.data.splits import Split
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
-from llmad.detectors.sft.training import is_main_process
+from llmad.detectors.sft.training import is_main_process, resume_checkpoint
 from llmad.errors import LlmadError
+from llmad.interrupts import note_run
 from llmad.render import reads_context
 
 # Settings that may change between an interrupted run and its --resume without changing what is trained.
@@ -49,8 +50,8 @@ def load_run_split(data: DataConfig, template: str, causal: bool = False) -> Spl
     from llmad.data import load_split
 
     return load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
-                      test_workflow=data.test_workflow, limit=data.limit, context=reads_context(template),
-                      causal=causal)
+                      test_workflow=data.test_workflow, limit=data.limit, columns=data.columns,
+                      context=reads_context(template), causal=causal)
 
 
 def _check_resume(out: Path, cfg: SFTRunConfig) -> None:
@@ -92,6 +93,8 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
                          f"or choose another --out")
     if cfg.resume:
         _check_resume(out, cfg)
+        resume_checkpoint(out / "checkpoints")  # a damaged checkpoint: warn and fall back, or fail before any work
+    note_run(out, "add --resume to the same command", kept="checkpoints")
     if is_main_process():
         write_json(out / "sft_run.json", cfg)
     if split is None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -20,7 +20,8 @@ def info(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the s
          data_dir: Optional[str] = DataDir,
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Runs, jobs, label and anomaly-type counts, features of a dataset."""
-    from llmad.data.flowbench import load_jobs, summarize
+    from llmad.data import load_jobs
+    from llmad.data.flowbench import summarize
     from llmad.errors import LlmadError
 
     if dataset and data and dataset != data:
@@ -30,7 +31,8 @@ def info(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the s
         raise LlmadError("which dataset? e.g. llmad data info --data flowbench:1000genome "
                          "(`llmad data list` shows the workflows)")
 
-    s = summarize(load_jobs(spec, data_dir))
+    jobs, counts = load_counting_warnings(spec, data_dir, load_jobs)
+    s = {**summarize(jobs), "warnings": counts}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
@@ -50,6 +52,24 @@ def info(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the s
         t.add_row(f"{k} ({names.get(k, '?')})", f"{v:,}", f"{v / max(s['jobs'], 1):.1%}")
     c.print(t)
     c.print(f"numeric features ({len(s['numeric_features'])}): {', '.join(s['numeric_features'])}")
+    counts = ", ".join(f"{k} {v}" for k, v in s["warnings"].items())
+    c.print(f"warnings: {counts or 'none'}")
+
+
+def load_counting_warnings(spec: str, data_dir: str | None, load) -> tuple[Any, dict[str, int]]:
+    """``load(spec, data_dir)`` and the count of each named warning it issued (shown as usual)."""
+    import warnings
+    from collections import Counter
+
+    from llmad.errors import LlmadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default", LlmadWarning)
+        jobs = load(spec, data_dir)
+    named = [w for w in caught if isinstance(w.message, LlmadWarning)]
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return jobs, dict(Counter(w.message.name for w in named))
 
 
 @data_app.command("list", cls=LlmadCommand)

@@ -34,7 +34,7 @@ def render(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the
 
     get_template(template, "job")  # fail on a bad template before loading data
     s = load_split(spec, split=split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
-                   context=(template == "context"), causal=causal)
+                   context=(template == "context"), causal=causal, columns=d.columns)
     df = s.part(part)
     if d.limit is not None:  # a seeded sample of the part; without --out, the first 5 jobs are printed
         from llmad.data.splits import subsample

@@ -12,7 +12,7 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, LlmadCommand, config_options, model_folder
-from llmad.config import DataConfig
+from llmad.config import DataConfig, field_help
 
 
 @app.command(cls=ConfigCommand)
@@ -54,6 +54,7 @@ def predict(
                                                        " (or the run folder <out>)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="data folder (default: found automatically)"),
+    columns: Optional[str] = typer.Option(None, "--columns", help=field_help(DataConfig, "columns")),
     split: Optional[str] = typer.Option(None, "--split", help="score one part of this split (default: all jobs)"),
     part: str = typer.Option("test", "--part", help="train | validation | test (with --split)"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="unseen workflow for --split workflow"),
@@ -65,8 +66,10 @@ def predict(
     """Score jobs with a saved detector (sft, icl, baseline): predictions.csv, and metrics when labels are present."""
     from llmad.api.hooks import RunHooks
     from llmad.api.predict import run_predict
+    from llmad.data.specs import with_columns
 
     model = model_folder(model)
-    res = run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed, test_workflow=test_workflow,
-                      limit=limit, out=out, quantize=quantize, hooks=RunHooks(log=typer.echo))
+    res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed,
+                      test_workflow=test_workflow, limit=limit, out=out, quantize=quantize,
+                      hooks=RunHooks(log=typer.echo))
     typer.echo(res.summary)

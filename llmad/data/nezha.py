@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from llmad.data.checks import read_member
 from llmad.data.timeseries import Series, SeriesSplit, clean_values, cut_at_times, fault_type_split, split_at_gaps
 from llmad.errors import DataError, LlmadError
 
@@ -70,7 +71,10 @@ class _Source:
 
     def __init__(self, path: Path):
         self.path = path
-        self.zf = zipfile.ZipFile(path) if path.is_file() else None
+        try:
+            self.zf = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"not a readable zip archive ({e})", file=str(path)) from None
 
     def names(self) -> list[str]:
         if self.zf is not None:
@@ -80,7 +84,7 @@ class _Source:
 
     def read(self, name: str) -> bytes:
         if self.zf is not None:
-            return self.zf.read(name)
+            return read_member(self.zf, name, f"{self.path}!{name}")
         base = self.path.parent if self.path.name == "rca_data" else self.path
         return (base / name).read_bytes()
 

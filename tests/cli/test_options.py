@@ -58,13 +58,14 @@ COMMAND_ONLY = {
     "icl": set(),
     "nll": set(),
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "train_limit",
-               "val_limit", "out", "quiet"},
+               "val_limit", "out", "quiet", "columns"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
-              "checkpoint_s"},
+              "checkpoint_s", "columns"},
     "numeric": set(),
 }
 # Commands without a config class: all their options are their own.
-NO_CONFIG = {"predict", "compare", "pretrain moment", "windows-text", "data info", "data list", "data fetch"}
+NO_CONFIG = {"predict", "compare", "pretrain moment", "windows-text", "data info", "data list", "data fetch",
+             "data import"}
 
 # Every flag of every command before options were generated (flags must keep their names and short forms; a flag
 # renamed on purpose keeps working as a deprecated alias, llmad.cli.vocabulary.DEPRECATED).
