@@ -35,6 +35,7 @@ class NLLRunConfig:
     nll: NLLConfig = option(help="detector settings (their own options)", factory=NLLConfig, cli=False)
     test_limit: int | None = option(None, "test rows scored (seeded sample; None: all)", flag="--limit")
     val_limit: int | None = option(1000, "validation rows scored for the threshold (seeded sample)")
+    window: int | None = option(None, "metric windows: window length (default as llmad numeric)")
     out: str | None = option(None, "output folder [runs/nll/<data>-<time>]")
     save_model: bool = option(True, "save the fine-tuned detector under <out>/model", cli=False)
 
@@ -158,7 +159,7 @@ def run_nll_windows(cfg: NLLRunConfig, *, hooks: RunHooks | None = None) -> RunR
     nll = cfg.nll if cfg.nll.template != "job" else replace(cfg.nll, template="window")
     out = cfg.out or str(default_out("nll", spec_name(cfg.data.spec)))
     num = NumericConfig(method="nll", data=cfg.data.spec, data_dir=cfg.data.data_dir, split=split,
-                        seed=cfg.data.seed, threshold=rule, out=out, shots=nll.train_limit,
+                        seed=cfg.data.seed, threshold=rule, out=out, shots=nll.train_limit, window=cfg.window,
                         extra={"config": asdict(nll)})
     return run_numeric(num, hooks=hooks)
 

@@ -87,3 +87,24 @@ def test_real_smollm2_two_layers_learns_the_values(tmp_path):
     bad = normal.copy()
     bad["queue_delay"] = 7.7e7
     assert (det.score(bad) > det.score(normal)).mean() >= 0.75
+
+
+def test_run_nll_on_metric_windows(tmp_path, lm_path):
+    """A CSV metric series: the window variant through the numeric track (point threshold, time-series metrics)."""
+    rng = np.random.default_rng(0)
+    n = 900
+    x = rng.normal(0, 1, (n, 2))
+    y = np.zeros(n, int)
+    for a in (150, 300, 560, 620, 780, 840):
+        y[a:a + 20] = 1
+        x[a:a + 20] += 5.0
+    pd.DataFrame({"cpu": x[:, 0], "mem": x[:, 1], "label": y}).to_csv(tmp_path / "s.csv", index=False)
+    cfg = NLLRunConfig(data=DataConfig(spec=f"csv:{tmp_path / 's.csv'}"), window=32,
+                       nll=NLLConfig(model=str(lm_path), epochs=5, learning_rate=1e-2, permutations=1, lora_r=0,
+                                     threshold="validation", threshold_rows=16, progress=False),
+                       out=str(tmp_path / "w"))
+    res = run_nll(cfg, hooks=QUIET)
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert m["method"] == "nll" and m["threshold_rule"] == "val" and 0 <= m["test"]["roc_auc"] <= 1
+    assert llmad.detectors.load(tmp_path / "w" / "detector").kind == "window-nll"
+    assert res.summary.startswith("nll on csv:")
