@@ -38,6 +38,10 @@ class NLLConfig:
     load_in_4bit: bool = option(False, "bitsandbytes NF4 base model (LoRA on top)")
     normal_only: bool = option(False, "semi-supervised: train on rows labelled normal only", flag="--normal-only")
     train_limit: int | None = option(None, "train rows learned from (seeded sample; None: all)")
+    # mean: AnoLLM's score (the mean value NLL); z: each field's NLL standardised by its train mean and std first,
+    # so that fields whose values are hard to predict for every row (byte counts) do not drown the rest.
+    aggregate: str = option("mean", "mean (value NLL over fields) | z (field NLL standardised on train, then mean)",
+                            cli=False)
     threshold: str = option("contamination:0.05", "validation (labels) | contamination:Q (top Q of held-out "
                                                   "validation scores, labels unused) | train-quantile:Q | a number")
     threshold_rows: int = option(256, "train rows scored for train-quantile and the per-field baselines", cli=False)
@@ -62,6 +66,8 @@ class NLLConfig:
             raise LlmadError("--load-in-4bit trains LoRA adapters on a frozen 4-bit model: use --lora R (R > 0)")
         if not self.epochs > 0 and not self.max_steps:
             raise LlmadError(f"--epochs {self.epochs}: expected > 0")
+        if self.aggregate not in ("mean", "z"):
+            raise LlmadError(f"aggregate {self.aggregate!r}: expected mean or z")
         if self.precision not in PRECISIONS:
             raise LlmadError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.keep_layers is not None and self.keep_layers < 1:

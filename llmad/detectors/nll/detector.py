@@ -23,6 +23,7 @@ normal only). Where llmad differs:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,6 +71,7 @@ class NLLCore:
         self.fields_: list[str] = []
         self.orders_: list[list[str]] = []
         self.baseline_: dict[str, float] = {}
+        self.scale_: dict[str, float] = {}
         self.vocab_ = np.zeros(0, dtype=np.int64)
         self.validation_scores_: np.ndarray | None = None
         self.threshold_rule_: str = ""
@@ -179,6 +181,8 @@ class NLLCore:
             field_nll = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         # A row with nothing to score (no field known yet) gets 0: no evidence, never NaN.
         score = np.where(row_orders > 0, row_score / np.maximum(row_orders, 1), 0.0)
+        if c.aggregate == "z" and self.scale_:
+            score = self.z_score(field_nll)
         out = pd.DataFrame({"score": score})
         for j, f in enumerate(self.fields_):
             out[f"nll_{f}"] = field_nll[:, j]
@@ -189,6 +193,16 @@ class NLLCore:
         out["top_field"] = [self.fields_[t] if h else "" for t, h in zip(top, has)]
         out["fields_scored"] = np.isfinite(field_nll).sum(axis=1)
         return out
+
+    def z_score(self, field_nll: np.ndarray) -> np.ndarray:
+        """``aggregate=z``: the mean over the scored fields of (field NLL - its train mean) / its train std."""
+        mu = np.array([self.baseline_.get(f, 0.0) for f in self.fields_])
+        sd = np.array([self.scale_.get(f, 1.0) for f in self.fields_])
+        z = (field_nll - mu) / sd
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row with no scored field: nanmean of nothing
+            zs = np.nanmean(z, axis=1)
+        return np.where(np.isfinite(zs), zs, 0.0)
 
     # ------------------------------------------------------------ thresholds
     def fit_threshold(self, train_records: list[dict[str, Any]], val_records: list[dict[str, Any]] | None,
@@ -203,6 +217,9 @@ class NLLCore:
         if tr is not None:
             self.baseline_ = {f: float(np.nanmean(tr[f"nll_{f}"])) for f in self.fields_
                               if tr[f"nll_{f}"].notna().any()}
+            self.scale_ = {f: max(float(np.nanstd(tr[f"nll_{f}"])), 1e-3) for f in self.baseline_}
+            if c.aggregate == "z":
+                tr["score"] = self.z_score(tr[[f"nll_{f}" for f in self.fields_]].to_numpy(dtype=float))
         if name == "number":
             self.threshold_, self.threshold_rule_ = float(q), f"{q:g} (given)"
         elif name == "train-quantile":
@@ -261,7 +278,8 @@ class NLLCore:
         write_detector_json(path, self.kind, {
             "format": FORMAT_VERSION, "config": asdict(self.config), "template": template, "weights": sub,
             "threshold": self.threshold_, "threshold_rule": self.threshold_rule_, "fields": self.fields_,
-            "orders": self.orders_, "baseline": self.baseline_, "value_vocab": [int(v) for v in self.vocab_],
+            "orders": self.orders_, "baseline": self.baseline_, "scale": self.scale_,
+            "value_vocab": [int(v) for v in self.vocab_],
             "train_info": {k: v for k, v in self.train_info_.items() if k != "losses"}, **(extra or {})})
 
     @classmethod
@@ -291,6 +309,7 @@ class NLLCore:
         det.fields_ = list(meta["fields"])
         det.orders_ = [list(o) for o in meta["orders"]]
         det.baseline_ = dict(meta.get("baseline") or {})
+        det.scale_ = dict(meta.get("scale") or {})
         det.vocab_ = np.asarray(meta["value_vocab"], dtype=np.int64)
         det.train_info_ = dict(meta.get("train_info") or {})
         return det, meta

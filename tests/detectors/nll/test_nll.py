@@ -158,3 +158,18 @@ def test_stream_scorer_uses_partial_scoring(fitted):
     frame = pd.DataFrame([row])
     assert sc.score(sc.key(row)) == pytest.approx(fitted.score_partial(frame)[0])
     assert sc.score(sc.key(row)) != pytest.approx(fitted.score(frame)[0])  # "missing" would be scored otherwise
+
+
+def test_z_aggregate_standardises_fields_on_train(fitted):
+    import dataclasses
+
+    jobs = synthetic_jobs(30, 4)
+    z = NLLDetector(config=dataclasses.replace(fitted.config, aggregate="z"))
+    for name in ("lm_", "fields_", "orders_", "baseline_", "scale_", "vocab_", "threshold_"):
+        setattr(z, name, getattr(fitted, name))
+    d = z.score_details(jobs)
+    cols = [f"nll_{f}" for f in fitted.fields_]
+    mu = np.array([fitted.baseline_[f] for f in fitted.fields_])
+    sd = np.array([fitted.scale_[f] for f in fitted.fields_])
+    np.testing.assert_allclose(d["score"], np.nanmean((d[cols].to_numpy() - mu) / sd, axis=1), rtol=1e-9)
+    assert set(fitted.scale_) == set(fitted.baseline_) and all(v > 0 for v in fitted.scale_.values())
