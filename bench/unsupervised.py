@@ -6,11 +6,13 @@ Run (about 30 min on 2 CPU cores):
     OMP_NUM_THREADS=2 .venv/bin/python bench/unsupervised.py  -> bench/results/unsupervised.{md,json}
 
 Protocol: run split (whole DAG runs apart, seed 0) of each workflow; one seeded sample of train / validation / test
-rows shared by every method. Features: the nine sentence features + the peer/host facts (``ctx_*``, label-free) +
-the transformation (one-hot for the classic detectors; text for the LM) -- what ``llmad nll --fields context``
-serializes. ROC-AUC and PR-AUC need no threshold; ``f1`` is at the label-free rule ``contamination:0.05`` (the top
-5% of held-out validation scores, labels unused), ``f1_val`` at the best validation-F1 threshold (labels) for
-reference. No choice was made on test. lstm-ae is not run on job rows: it reconstructs a time series window, and a
+rows shared by every method. Features: the LM reads `--fields` (default `ops`: task, runtime, CPU time and the
+label-free peer/host ratios of ``llmad.data.context``, as text); the classic detectors run on exactly those numeric
+fields + the one-hot transformation (``lm-fields``), and also on the nine sentence features (``plain``) and on those
++ every peer/host fact (``context``) -- the best of them is the bar. The LM settings were chosen on 1000genome
+validation rows (``bench/unsupervised_pilot.py`` -> ``results/unsupervised_pilot.md``). ROC-AUC and PR-AUC need
+no threshold; ``f1`` is at the label-free rule ``contamination:0.05`` (the top 5% of held-out validation scores,
+labels unused), ``f1_val`` at the best validation-F1 threshold (labels) for reference. No choice was made on test. lstm-ae is not run on job rows: it reconstructs a time series window, and a
 job is one row with no time axis (jobs of a run ordered by time mix unrelated transformations); it stays a metric-
 window detector (bench/results/numeric.md).
 """
@@ -105,7 +107,7 @@ def lm_rows(wf, tr, va, te, args, normal_only: bool) -> tuple[dict, object]:
     cfg = NLLConfig(model=args.model, keep_layers=args.keep_layers, permutations=args.permutations,
                     epochs=args.epochs, lora_r=args.lora, learning_rate=args.lr, batch_size=16,
                     threshold=f"contamination:{CONTAMINATION}", normal_only=normal_only, seed=args.seed,
-                    progress=False)
+                    fields=args.fields, aggregate=args.aggregate, progress=False)
     det = NLLDetector(config=cfg)
     t0 = time.perf_counter()
     det.fit(tr, va)
@@ -114,7 +116,7 @@ def lm_rows(wf, tr, va, te, args, normal_only: bool) -> tuple[dict, object]:
     d = det.score_details(te)
     score_s = time.perf_counter() - t0
     info = det.train_info_
-    name = f"nll {args.model} {args.keep_layers or 'all'}L" + (" normal-only" if normal_only else "")
+    name = f"nll {args.model} {args.keep_layers or 'all'}L {args.aggregate}" + (" normal-only" if normal_only else "")
     rec = record(wf, name, "lm", "normal-only" if normal_only else "none", te["label"].to_numpy(),
                  d["score"].to_numpy(), va["label"].to_numpy(), det.validation_scores_,
                  train_rows=int(info["rows"]), permutations=args.permutations, fit_s=round(fit_s, 1),
@@ -160,6 +162,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lora", type=int, default=0)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--fields", default="ops")
+    ap.add_argument("--aggregate", default="mean")
     ap.add_argument("--normal-only", nargs="*", default=["1000genome"], help="workflows with a normal-only LM row")
     ap.add_argument("--speed-rows", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -177,7 +181,13 @@ def main() -> None:
         te = subsample(sp.test, args.test_rows, args.seed)
         y, vy = te["label"].to_numpy(), va["label"].to_numpy()
         cats = sorted(tr["transformation"].astype(str).unique())
-        for fs, cols in (("plain", list(PAPER_FEATURES)), ("context", list(PAPER_FEATURES) + CONTEXT_FEATURES)):
+        from llmad.detectors.nll.detector import job_fields
+
+        lm_cols = [c for c in job_fields(args.fields) if c != "transformation"]
+        sets = [("plain", list(PAPER_FEATURES)), ("context", list(PAPER_FEATURES) + CONTEXT_FEATURES)]
+        if lm_cols not in [c for _, c in sets]:
+            sets.append(("lm-fields", lm_cols))  # exactly what the LM reads
+        for fs, cols in sets:
             xtr, xva, xte = (features(d, cats, cols) for d in (tr, va, te))
             for name in ("iforest", "knn", "hbos"):
                 t0 = time.perf_counter()
@@ -224,7 +234,9 @@ def write(rows: list[dict], speeds: dict, args) -> None:
           "never used to fit; normal-only = train rows labelled normal (semi-supervised); supervised = hgb on labels,"
           " for scale. LM: " + f"{args.model}, first {args.keep_layers or 'all'} decoder layers, "
           f"{'LoRA r=' + str(args.lora) if args.lora else 'full fine-tuning'}, lr {args.lr}, {args.epochs} epoch(s), "
-          f"{args.permutations} field orders at scoring; fp32 on 2 CPU cores (no AMX/AVX512-BF16 here).", "",
+          f"fields {args.fields}, aggregate {args.aggregate}, {args.permutations} field orders at scoring; fp32 on "
+          "2 CPU cores (no AMX/AVX512-BF16 here). LM settings were chosen on 1000genome validation rows "
+          "(bench/results/unsupervised_pilot.md), never on test.", "",
           df[[c for c in cols if c in df.columns]].round(4).to_markdown(index=False), ""]
     goal = []
     for wf in dict.fromkeys(df["workflow"]):

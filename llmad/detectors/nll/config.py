@@ -19,10 +19,10 @@ class NLLConfig:
     model: str = option("smollm2-135m", "causal LM: offline alias, HF hub id or local folder")
     template: str = option("job", "serialization template: prompts/nll/<name>.j2 or a .j2 path (window: for "
                                   "metric windows)")
-    # context = the nine paper features + transformation + the label-free peer facts (ctx_*): a slow job is only
-    # visible against its peers and its host's other jobs.
-    fields: str = option("context", "job fields: paper (the 9 sentence features) | context (+ task and peer/host "
-                                    "facts, label-free) | a comma list of columns")
+    # ops = the task, runtime, CPU time and the label-free peer/host ratios of llmad.data.context: a slow job is only
+    # visible against its peers and its host's other jobs; context = the nine paper features + all peer facts.
+    fields: str = option("ops", "job fields: ops (task, runtime, cpu and peer/host ratios) | context (the 9 "
+                                "sentence features + task + every peer/host fact) | paper | a comma list of columns")
     permutations: int = option(3, "field orders averaged per scored row")
     epochs: float = option(1.0, "passes over the train rows (each pass a fresh field order per row)")
     max_steps: int | None = option(None, "cap on optimizer steps (None: the epochs decide)")

@@ -41,20 +41,28 @@ from llmad.errors import LlmadError
 FORMAT_VERSION = 1
 
 
+# What an operator checks for a slow job: the task, its runtime and CPU time, and how they and its host compare with
+# peers (label-free). Fewer tokens than ``context`` (2.4x faster) and no worse on 1000genome validation rows
+# (bench/results/unsupervised_pilot.md).
+OPS_FIELDS = ("transformation", "runtime", "kickstart_executables_cpu_time", "ctx_runtime_rel", "ctx_cpu_rel",
+              "ctx_cpu_util", "ctx_host_slowness", "ctx_host_cpu_slowness")
+
+
 def job_fields(spec: str) -> list[str]:
-    """The job columns of a field set: ``paper``, ``context`` or a comma list of columns and set names."""
+    """The job columns of a field set: ``ops``, ``paper``, ``context`` or a comma list of columns and set names."""
     from llmad.data.context import CONTEXT_FEATURES
     from llmad.data.flowbench import PAPER_FEATURES
 
     sets = {"paper": list(PAPER_FEATURES),
-            "context": ["transformation"] + list(PAPER_FEATURES) + list(CONTEXT_FEATURES)}
+            "context": ["transformation"] + list(PAPER_FEATURES) + list(CONTEXT_FEATURES),
+            "ops": list(OPS_FIELDS)}
     cols: list[str] = []
     for part in (c.strip() for c in str(spec).split(",")):
         for c in sets.get(part, [part] if part else []):
             if c not in cols:
                 cols.append(c)
     if not cols:
-        raise LlmadError(f"--fields {spec!r}: expected paper, context or a comma list of columns")
+        raise LlmadError(f"--fields {spec!r}: expected ops, paper, context or a comma list of columns")
     return cols
 
 
