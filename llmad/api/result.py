@@ -23,6 +23,17 @@ class RunResult:
     summary: str = ""  # the one line a CLI prints
 
 
+def data_dir_used(data_dir: str | Path | None) -> Path | None:
+    """The data folder a run read (the explicit one, else the first found), for config.json; None when none."""
+    from llmad.data.specs import find_data_dir
+    from llmad.errors import LlmadError
+
+    try:
+        return find_data_dir(data_dir)
+    except LlmadError:
+        return Path(data_dir) if data_dir is not None else None
+
+
 def predictions_frame(items: pd.DataFrame, scores: Any, threshold: float | None = None, *,
                       predictions: Any = None, keys: Any = None) -> pd.DataFrame:
     """Per-item rows: ``key`` (when given), the id columns ``items`` has, ``score`` and the 0/1 ``prediction``.

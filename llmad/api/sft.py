@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmad.api.hooks import RunHooks
-from llmad.api.result import RunResult, predictions_frame
+from llmad.api.result import RunResult, data_dir_used, predictions_frame
 from llmad.config import DataConfig, option
 from llmad.data.specs import spec_name
 from llmad.data.splits import Split
@@ -73,23 +73,31 @@ def _check_resume(out: Path, cfg: SFTRunConfig) -> None:
 
 
 def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | None = None,
-            printer: Callable[[str], None] | None = None) -> RunResult:
+            printer: Callable[[str], None] | None = None, force: bool = False) -> RunResult:
     """Train, threshold on validation, evaluate on test, save model + run outputs.
 
     ``split``: an already-loaded split of ``cfg.data`` (the harness's cached one); loaded here when None.
     ``printer`` is the older name of ``hooks.log``. A paused run (``max_time_s``) returns empty metrics and
-    ``details["paused"] = True``; the fitted detector is ``details["detector"]``.
+    ``details["paused"] = True``; the fitted detector is ``details["detector"]``. An ``out`` holding an earlier
+    run is refused before any work unless ``cfg.resume`` (continue it) or ``force`` (clear it first).
+    With ``cfg.sft.progress`` off (``-q``) library warnings go to ``<out>/warnings.log``.
     """
-    from llmad.io import write_json
-    from llmad.metrics.classification import classification_report, timed_scoring
-    from llmad.rundir import default_out, peak_rss_mb, write_run
+    from llmad.rundir import check_out, default_out, quiet_warnings
 
     hooks = RunHooks.of(hooks, printer)
+    out = check_out(cfg.out or default_out("sft", spec_name(cfg.data.spec)), force=force,
+                    resume=cfg.resume or not is_main_process())  # worker ranks find rank 0's files
+    with quiet_warnings(out, not cfg.sft.progress):
+        return _run_sft(cfg, out, split, hooks)
+
+
+def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks) -> RunResult:
+    """``run_sft`` once ``out`` is checked."""
+    from llmad.io import write_json
+    from llmad.metrics.classification import classification_report, timed_scoring
+    from llmad.rundir import peak_rss_mb, write_run
+
     t0 = time.perf_counter()
-    out = Path(cfg.out) if cfg.out else default_out("sft", spec_name(cfg.data.spec))
-    if not cfg.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise LlmadError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, "
-                         f"or choose another --out")
     if cfg.resume:
         _check_resume(out, cfg)
     if is_main_process():
@@ -98,6 +106,9 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
         hooks.stage("loading data")
         split = load_run_split(cfg.data, cfg.sft.template, cfg.sft.causal)
     hooks.log(f"data {cfg.data.spec}: {split.description}; sizes {split.sizes()}")
+    if cfg.sft.max_steps > 0:
+        hooks.log(f"--max-steps {cfg.sft.max_steps} overrides --epochs {cfg.sft.epochs:g}: training stops after "
+                  f"{cfg.sft.max_steps} steps")
     hooks.stage(f"fine-tuning {cfg.sft.model} ({cfg.sft.template} template)")
     det = SFTDetector(cfg.sft)
     det.fit(split.train, split.validation, output_dir=out, resume=cfg.resume, printer=hooks.log)
@@ -147,7 +158,8 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
                f"scoring; outputs in {out}")
     preds = predictions_frame(test, test_scores, thr)
     write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
-              metrics=metrics, predictions=preds, summary=None)
+              metrics=metrics, predictions=preds, summary=None, command="sft",
+              data_dir=data_dir_used(cfg.data.data_dir))
     artifacts.update(train_log="train_log.json", predictions="predictions.csv", metrics="metrics.json")
     details = {"paused": False, "train_info": info, "detector": det, "threshold": thr, "split": split.kind,
                "validation_scores": val_scores}

@@ -13,6 +13,7 @@ import typer
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options
 from llmad.config import DataConfig
+from llmad.rundir import RunOptions
 
 
 @app.command(cls=ConfigCommand)
@@ -20,13 +21,14 @@ from llmad.config import DataConfig
                 short={"model": "-m", "template": "-t", "progress": "-q"})
 @config_options(DataConfig, into="data_opts")
 @config_options("llmad.api.sft:SFTRunConfig", into="run_opts", short={"out": "-o"})
+@config_options(RunOptions, into="common")
 def sft(
-    sft_opts: dict, data_opts: dict, run_opts: dict,
+    sft_opts: dict, data_opts: dict, run_opts: dict, common: dict,
     config: Optional[str] = typer.Option(None, "--config", help="YAML with data:/sft: sections (options override)"),
 ) -> None:
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
-    from llmad.api.hooks import RunHooks
     from llmad.api.sft import SFTRunConfig, run_sft
+    from llmad.cli.progress import cli_hooks
     from llmad.config import from_dict, load_yaml, merge
     from llmad.detectors.sft.config import parse_freeze
     from llmad.models.resolve import check_precision, resolve_model
@@ -43,7 +45,8 @@ def sft(
     # --resume is a command-line decision only (a config file never resumes by itself).
     cfg = merge(SFTRunConfig(data=d, sft=s, out=base.out, resume=False, keep_checkpoints=base.keep_checkpoints,
                              save_model=base.save_model), run_opts)
-    res = run_sft(cfg, hooks=RunHooks(log=typer.echo))
+    with cli_hooks(bool(common.get("quiet"))) as hooks:
+        res = run_sft(cfg, hooks=hooks, force=bool(common.get("force")))
     if res.summary:  # empty on the worker ranks of a multi-process run
         typer.echo(res.summary)
 

@@ -185,6 +185,11 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator(tokenizer), processing_class=tokenizer, compute_loss_func=loss_fn,
                       compute_metrics=compute_metrics if val_ds is not None else None, callbacks=callbacks)
+    if not cfg.progress:
+        from transformers import PrinterCallback
+
+        # Without tqdm the Trainer prints every log dict; quiet means quiet (train_log.json keeps them).
+        trainer.remove_callback(PrinterCallback)
     resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
     if resume and resume_from is None:
         printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
