@@ -20,7 +20,7 @@ from llmad.io import provenance, write_frame_csv, write_json
 
 # Files by which an earlier llmad run folder is recognised (run folders, SFT's run file, pretraining, compare).
 RUN_MARKERS = ("config.json", "metrics.json", "provenance.json", "sft_run.json", "pretrain.json",
-               "recipe.resolved.json")
+               "recipe.resolved.json", "model/detector.json", "detector/detector.json", "checkpoints")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class RunOptions:
     """Where a command writes its run folder and how much it says: the options every such command shares."""
 
     out: str | None = option(None, "output folder [runs/<command>/<name>-<time>]", flag="--out -o")
-    quiet: bool = option(False, "no progress bars or log lines (warnings go to <out>/warnings.log)",
+    quiet: bool = option(False, "no progress bars or log lines (sft: library warnings go to <out>/warnings.log)",
                          flag="--quiet -q")
     force: bool = option(False, "replace the earlier run an existing --out holds (it is cleared first)",
                          flag="--force")
@@ -41,32 +41,44 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Whether a folder can really be created in ``folder`` (root passes ``os.access`` on read-only mounts)."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".llmad-probe.", dir=folder))
+        return True
+    except OSError:
+        return False
+
+
 def check_out(out: str | Path, *, kind: str = "dir", force: bool = False, resume: bool = False,
-              reuse_ok: bool = False) -> Path:
+              reuse_ok: bool = False, flag: str = "--out") -> Path:
     """Fail with one line (before any work) when ``out`` cannot be written or holds an earlier run.
 
-    ``kind``: ``dir`` (a run folder) or ``file`` (a CSV, an alerts file). An existing non-empty folder is refused
-    unless ``resume`` (continue it), ``reuse_ok`` (the command's out is meant to be reused, e.g. compare's cache) or
-    ``force``; with ``force`` it is cleared here, and only when it looks like an llmad run (never an arbitrary
-    folder, the current folder or one above it).
+    ``kind``: ``dir`` (a run folder) or ``file`` (a CSV, an alerts file; written by replacing it in its folder);
+    ``flag``: the option named in errors. An existing non-empty folder is refused unless ``resume`` (continue it),
+    ``reuse_ok`` (the command's out is meant to be reused, e.g. compare's cache) or ``force``; with ``force`` it is
+    cleared here, and only when it looks like an llmad run (never an arbitrary folder, the current folder or one
+    above it).
     """
     p = Path(out)
     what = "folder" if kind == "dir" else "file"
     if p.exists():
         if kind == "dir" and not p.is_dir():
-            raise LlmadError(f"--out {p}: is a file, expected a folder; choose another --out")
+            raise LlmadError(f"{flag} {p}: is a file, expected a folder; choose another {flag}")
         if kind == "file" and p.is_dir():
-            raise LlmadError(f"--out {p}: is a folder, expected a file path; choose another --out")
-    base = _nearest_existing(p.parent if not p.exists() else p)
+            raise LlmadError(f"{flag} {p}: is a folder, expected a file path; choose another {flag}")
+    base = p if kind == "dir" and p.is_dir() else _nearest_existing(p.parent)
     if not base.is_dir():
-        raise LlmadError(f"--out {p}: {base} is a file, so the {what} cannot be created; choose another --out")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise LlmadError(f"--out {p}: {base} is not writable; choose another --out")
+        raise LlmadError(f"{flag} {p}: {base} is a file, so the {what} cannot be created; choose another {flag}")
+    if not os.access(base, os.W_OK | os.X_OK) or not _can_create_in(base):
+        raise LlmadError(f"{flag} {p}: {base} is not writable; choose another {flag}")
     if kind == "dir" and p.is_dir() and any(p.iterdir()) and not (resume or reuse_ok):
         if not force:
             hint = "--resume to continue it, " if (p / "sft_run.json").is_file() else ""
-            raise LlmadError(f"--out {p}: holds an earlier run ({', '.join(sorted(q.name for q in p.iterdir())[:4])}"
-                             f"); pass {hint}--force to replace it, or choose another --out")
+            raise LlmadError(f"{flag} {p}: holds an earlier run ({', '.join(sorted(q.name for q in p.iterdir())[:4])}"
+                             f"); pass {hint}--force to replace it, or choose another {flag}")
         clear_run_dir(p)
     return p
 

@@ -93,7 +93,9 @@ def load_split(cfg: NumericConfig) -> SeriesSplit:
 def _moment_seq_len(model: str | None) -> int:
     import json
 
-    p = Path(model or "").expanduser() / "config.json"
+    from llmad.detectors.moment import moment_location
+
+    p = Path(moment_location(model or "")).expanduser() / "config.json"
     if model and p.is_file():
         return int(json.loads(p.read_text()).get("seq_len", 512))
     return 512
@@ -204,16 +206,19 @@ def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, wind
 
 
 # ---------------------------------------------------------------------------------------------- run
-def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: RunHooks | None = None) -> RunResult:
-    """Fit, calibrate on validation, score test; write a run folder when ``cfg.out``.
+def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: RunHooks | None = None,
+                force: bool = False) -> RunResult:
+    """Fit, calibrate on validation, score test; write a run folder when ``cfg.out`` (an ``out`` holding an
+    earlier run is refused before any work unless ``force``).
 
     ``split``: an already-loaded ``SeriesSplit`` of ``cfg.data`` (else loaded here). ``RunResult.metrics`` is the
     metrics.json content; ``summary`` the line the CLI prints.
     """
     from llmad.metrics.timeseries import ts_report
-    from llmad.rundir import peak_rss_mb
+    from llmad.rundir import check_out, peak_rss_mb
 
     hooks = RunHooks.of(hooks)
+    out_dir = check_out(cfg.out, force=force) if cfg.out else None
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     if cfg.shots is not None and cfg.shots < 0:
@@ -231,7 +236,6 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     if val_ws.point_labels().sum() == 0:
         raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
                          "(choose another split or more validation data)")
-    out_dir = Path(cfg.out) if cfg.out else None
     det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
     hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
     t0 = time.perf_counter()
@@ -277,11 +281,18 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
 
         det.save(out_dir / "detector")
         write_run(out_dir, config={"numeric": asdict(cfg), "window": window, "stride": stride},
-                  metrics=metrics, predictions=preds)
+                  metrics=metrics, predictions=preds, command="numeric", data_dir=_data_dir(cfg))
         artifacts = {"detector": "detector", "predictions": "predictions.csv", "metrics": "metrics.json"}
     details = {k: metrics[k] for k in ("method", "window", "stride", "shots", "selection", "threshold", "notes")}
     return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out_dir,
                      summary=summary_line(metrics))
+
+
+def _data_dir(cfg: NumericConfig) -> Path | None:
+    """The data folder the run read (none for ``csv:<path>``)."""
+    from llmad.api.result import data_dir_used
+
+    return None if parse_spec(cfg.data, family="series")[0] == "csv" else data_dir_used(cfg.data_dir)
 
 
 def _notes(cfg: NumericConfig) -> list[str]:
@@ -307,14 +318,22 @@ def summary_line(m: dict[str, Any]) -> str:
 def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None = None, seq_len: int = 128,
                     d_model: int = 64, n_layers: int = 2, n_heads: int = 4, steps: int = 300,
                     batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.3, max_windows: int = 4000,
-                    seed: int = 0, log_every: int = 0) -> dict[str, Any]:
+                    seed: int = 0, log_every: int = 0, force: bool = False,
+                    hooks: RunHooks | None = None) -> dict[str, Any]:
     """Self-supervised masked-reconstruction pretraining of a small MOMENT on the *train* parts of ``data``
-    (labels unused), saved with ``save_pretrained(out)`` so ``--model out`` loads it like a hub model."""
+    (labels unused), saved with ``save_pretrained(out/model)``; ``--model out`` loads it like a hub model.
+
+    ``out`` is a run folder (config.json, provenance.json, pretrain.json, metrics.json last); one holding an earlier
+    run is refused before any work unless ``force``."""
     from llmad.detectors.moment import pretrain_small_moment, small_moment_config
     from llmad.io import write_json
+    from llmad.rundir import check_out, write_run
 
+    hooks = RunHooks.of(hooks)
     if not data:
         raise LlmadError("pretrain moment: give at least one --data spec")
+    out = check_out(out, force=force)
+    hooks.stage(f"loading {', '.join(data)}")
     rng = np.random.default_rng(seed)
     chunks, used = [], {}
     for spec in data:
@@ -331,12 +350,18 @@ def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None =
     config = small_moment_config(seq_len=seq_len, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                                  d_ff=2 * d_model)
     t0 = time.perf_counter()
-    res = pretrain_small_moment(x, out, config=config, steps=steps, batch_size=batch_size, lr=lr,
+    hooks.stage(f"pretraining on {len(x)} sequences for {steps} steps")
+    res = pretrain_small_moment(x, out / "model", config=config, steps=steps, batch_size=batch_size, lr=lr,
                                 mask_ratio=mask_ratio, seed=seed, log_every=log_every)
     res.update({"data": used, "sequences": int(len(x)), "seconds": time.perf_counter() - t0,
                 "note": "small MOMENT pretrained here on unlabeled train parts; a stand-in for MOMENT-1-large, "
-                        "whose weights are unreachable offline"})
-    write_json(Path(out) / "pretrain.json", res)
+                        "whose weights are unreachable offline", "model": "model"})
+    write_json(out / "pretrain.json", res)
+    settings = {"data": list(data), "seq_len": seq_len, "d_model": d_model, "n_layers": n_layers,
+                "n_heads": n_heads, "steps": steps, "batch_size": batch_size, "lr": lr, "mask_ratio": mask_ratio,
+                "max_windows": max_windows, "seed": seed, "data_dir": data_dir}
+    write_run(out, command="pretrain moment", data_dir=_data_dir(NumericConfig(data=data[0], data_dir=data_dir)),
+              config={"pretrain": settings}, metrics={k: v for k, v in res.items() if k != "note"})
     return res
 
 

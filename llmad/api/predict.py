@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from llmad.api.hooks import RunHooks
-from llmad.api.result import RunResult, predictions_frame
+from llmad.api.result import RunResult, data_dir_used, predictions_frame
 from llmad.config import DataConfig
 from llmad.data.specs import spec_name
 from llmad.errors import LlmadError
@@ -25,9 +25,10 @@ def job_template(detector) -> tuple[str | None, bool]:
 def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None, split: str | None = None,
                 part: str = "test", seed: int = 0, test_workflow: str | None = None, limit: int | None = None,
                 out: str | Path | None = None, quantize: bool = False, hooks: RunHooks | None = None,
-                printer: Callable[[str], None] | None = None) -> RunResult:
+                printer: Callable[[str], None] | None = None, force: bool = False) -> RunResult:
     """Score the jobs of ``spec`` (or one ``part`` of split kind ``split``) with a saved detector; write
-    predictions + metrics (``metrics["report"]`` when the jobs are labelled)."""
+    predictions + metrics (``metrics["report"]`` when the jobs are labelled). An ``out`` holding an earlier run is
+    refused before any work unless ``force``."""
     from llmad.data import load_split
     from llmad.data.context import add_context_features
     from llmad.data.flowbench import load_jobs
@@ -35,9 +36,10 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     from llmad.detectors import load
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.render import reads_context
-    from llmad.rundir import default_out, peak_rss_mb, write_run
+    from llmad.rundir import check_out, default_out, peak_rss_mb, write_run
 
     hooks = RunHooks.of(hooks, printer)
+    out = check_out(out or default_out("predict", spec_name(spec)), force=force)
     det = load(model_dir, **({"quantize": True} if quantize else {}))
     kind = getattr(det, "kind", type(det).__name__)
     if getattr(det, "data_kind", "jobs") != "jobs":
@@ -68,11 +70,10 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     if "label" in jobs.columns and jobs["label"].notna().all():
         metrics["report"] = classification_report(jobs["label"], scores, threshold=thr,
                                                   anomaly_types=jobs.get("anomaly_type"))
-    name = spec_name(spec)
-    out = Path(out) if out else default_out("predict", name)
     preds = predictions_frame(jobs, scores, thr)
     write_run(out, config={"model_dir": str(model_dir), "data": spec, "split": split, "part": part, "seed": seed,
-                           "limit": limit, "quantize": quantize}, metrics=metrics, predictions=preds)
+                           "limit": limit, "quantize": quantize, "test_workflow": test_workflow},
+              metrics=metrics, predictions=preds, command="predict", data_dir=data_dir_used(data_dir))
     r = metrics.get("report")
     line = (f"scored {len(jobs)} jobs ({metrics['inference_jobs_per_s']:.0f} jobs/s), "
             f"{int(preds['prediction'].sum())} flagged")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import typer
+
 from llmad.api.hooks import RunHooks
 
 
 @contextlib.contextmanager
-def cli_hooks(quiet: bool = False) -> Iterator[RunHooks]:
-    """``RunHooks`` drawing a rich bar on stderr (one task per ``stage``), or silent ones with ``quiet``."""
+def cli_hooks(quiet: bool = False, err: bool = False) -> Iterator[RunHooks]:
+    """``RunHooks`` drawing a rich bar on stderr (one task per ``stage``) with log lines on stdout (``err``:
+    stderr), or silent ones with ``quiet``."""
     if quiet:
         yield RunHooks(log=None)
         return
@@ -34,7 +37,7 @@ def cli_hooks(quiet: bool = False) -> Iterator[RunHooks]:
             bar.advance(task["id"], n)
 
     def log(msg: str) -> None:
-        console.print(msg, markup=False, highlight=False)
+        typer.echo(msg, err=err)  # the live bar redirects stdout/stderr above itself
 
     with bar:
         yield RunHooks(log=log, stage=stage, advance=advance)

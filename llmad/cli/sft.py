@@ -12,7 +12,7 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options
-from llmad.config import DataConfig
+from llmad.config import DataConfig, merge
 from llmad.rundir import RunOptions
 
 
@@ -29,7 +29,7 @@ def sft(
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
     from llmad.api.sft import SFTRunConfig, run_sft
     from llmad.cli.progress import cli_hooks
-    from llmad.config import from_dict, load_yaml, merge
+    from llmad.config import from_dict, load_yaml
     from llmad.detectors.sft.config import parse_freeze
     from llmad.models.resolve import check_precision, resolve_model
 
@@ -51,8 +51,10 @@ def sft(
         typer.echo(res.summary)
 
 
-@app.command()
+@app.command(cls=ConfigCommand)
+@config_options(RunOptions, into="common")
 def predict(
+    common: dict,
     model: str = typer.Option(..., "--model", "-m", help="a saved job detector (<out>/model of sft, icl, baseline)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
@@ -62,12 +64,14 @@ def predict(
     seed: int = typer.Option(0, "--seed"),
     limit: Optional[int] = typer.Option(None, "--limit", help="score a seeded sample of N jobs"),
     int8: bool = typer.Option(False, "--int8", help="dynamic int8 quantized scoring on CPU"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder [runs/predict/<data>-<time>]"),
 ) -> None:
     """Score jobs with a saved detector (sft, icl, baseline): predictions.csv, and metrics when labels are present."""
-    from llmad.api.hooks import RunHooks
     from llmad.api.predict import run_predict
+    from llmad.cli.progress import cli_hooks
 
-    res = run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed, test_workflow=test_workflow,
-                      limit=limit, out=out, quantize=int8, hooks=RunHooks(log=typer.echo))
+    r = merge(RunOptions(), common)
+    with cli_hooks(r.quiet) as hooks:
+        res = run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed,
+                          test_workflow=test_workflow, limit=limit, out=r.out, quantize=int8, hooks=hooks,
+                          force=r.force)
     typer.echo(res.summary)

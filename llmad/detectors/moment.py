@@ -59,6 +59,12 @@ def build_moment(config: dict[str, Any], train_all: bool = False):
     return m
 
 
+def moment_location(name: str) -> str:
+    """``name``, or the model folder inside it when ``name`` is an ``llmad pretrain moment`` run folder."""
+    inner = Path(name).expanduser() / "model"
+    return str(inner) if (inner / "config.json").is_file() and (inner.parent / "pretrain.json").is_file() else name
+
+
 def load_moment(name: str, train_all: bool = False):
     """``MOMENTPipeline.from_pretrained`` on a hub id or a local folder, with a clear error when unreachable."""
     from momentfm import MOMENTPipeline
@@ -67,7 +73,7 @@ def load_moment(name: str, train_all: bool = False):
     from llmad.models.resolve import resolve_model
 
     try:
-        loc = resolve_model(name).location
+        loc = resolve_model(moment_location(name)).location
     except ModelNotFoundError as e:
         raise ModelNotFoundError(f"{e}. For MOMENT offline, pretrain a small one with `llmad pretrain moment "
                                  f"--data ... --out DIR` and pass --model DIR") from None
