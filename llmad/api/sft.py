@@ -87,7 +87,8 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
     hooks = RunHooks.of(hooks, printer)
     out = check_out(cfg.out or default_out("sft", spec_name(cfg.data.spec)), force=force,
                     resume=cfg.resume or not is_main_process())  # worker ranks find rank 0's files
-    with quiet_warnings(out, not cfg.sft.progress):
+    # Worker ranks log nowhere: a file of theirs in out could race rank 0's check of it.
+    with quiet_warnings(out if is_main_process() else None, not cfg.sft.progress):
         return _run_sft(cfg, out, split, hooks)
 
 

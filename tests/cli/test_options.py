@@ -26,17 +26,21 @@ from llmad.config import DataConfig, TemplateConfig, option
 from llmad.detectors.baselines import BaselineConfig
 from llmad.detectors.icl.config import ICLConfig
 from llmad.detectors.sft.config import SFTConfig
+from llmad.rundir import RunOptions
 from llmad.stream.config import StreamConfig
 
 # command -> the config classes whose fields are its options
 COMMANDS = {
-    "baseline": {DataConfig, BaselineConfig},
+    "baseline": {DataConfig, BaselineConfig, RunOptions},
     "render": {DataConfig, TemplateConfig},
-    "sft": {SFTConfig, DataConfig, SFTRunConfig},
-    "icl": {ICLConfig, ICLRun},
-    "replay": {StreamConfig},
+    "sft": {SFTConfig, DataConfig, SFTRunConfig, RunOptions},
+    "predict": {RunOptions},
+    "icl": {ICLConfig, ICLRun, RunOptions},
+    "replay": {StreamConfig, RunOptions},
     "watch": {StreamConfig},
-    "numeric": {NumericConfig},
+    "numeric": {NumericConfig, RunOptions},
+    "compare": {RunOptions},
+    "pretrain moment": {RunOptions},
 }
 # cli=True fields a command deliberately does not offer, and why
 EXCLUDED = {
@@ -48,18 +52,22 @@ EXCLUDED = {
 }
 # Options that belong to the command, not to a config (where outputs go, how to print, which stored model ...).
 COMMAND_ONLY = {
-    "baseline": {"out"},
+    "baseline": set(),
     "render": {"part", "out", "n"},
     "sft": {"config"},
     "icl": set(),
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "runs", "train_runs",
-               "val_runs", "out", "quiet"},
+               "val_runs"},
+    "predict": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "int8"},
+    "compare": {"recipe", "resume", "set_"},
+    "pretrain moment": {"data", "seq_len", "d_model", "layers", "heads", "steps", "batch_size", "lr", "mask_ratio",
+                        "max_windows", "seed", "data_dir"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
               "checkpoint_s"},
     "numeric": set(),
 }
 # Commands without a config class: all their options are their own.
-NO_CONFIG = {"predict", "compare", "pretrain moment", "windows-text", "data info", "data list", "data fetch"}
+NO_CONFIG = {"windows-text", "data info", "data list", "data fetch"}
 
 # Every flag of every command before options were generated (flags must keep their names and short forms).
 FLAGS_BEFORE = {
