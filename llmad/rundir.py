@@ -84,7 +84,12 @@ def check_out(out: str | Path, *, kind: str = "dir", force: bool = False, resume
 
 
 def clear_run_dir(p: Path) -> None:
-    """Empty an earlier llmad run folder for ``--force`` (refusing folders that are not one)."""
+    """Empty an earlier llmad run folder for ``--force`` (refusing folders that are not one).
+
+    Cleared in place, not built beside and swapped in at the end: saved detectors and SFT checkpoints name paths
+    inside the run folder (a Lag-Llama scratch checkpoint, ``--resume``'s checkpoints), which a rename would break,
+    and ``--resume`` after a killed forced run must find its checkpoints where they stay.
+    """
     here = Path.cwd().resolve()
     rp = p.resolve()
     if rp == here or rp in here.parents or rp == Path.home().resolve():

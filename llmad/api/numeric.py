@@ -271,7 +271,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
     names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
     idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])
-    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, det.threshold_)
+    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, det.threshold_, id_columns=("label",))
     preds.insert(0, "series", names)
     preds.insert(1, "point", idx)
     preds["event"] = ev

@@ -35,13 +35,15 @@ def data_dir_used(data_dir: str | Path | None) -> Path | None:
 
 
 def predictions_frame(items: pd.DataFrame, scores: Any, threshold: float | None = None, *,
-                      predictions: Any = None, keys: Any = None) -> pd.DataFrame:
-    """Per-item rows: ``key`` (when given), the id columns ``items`` has, ``score`` and the 0/1 ``prediction``.
+                      predictions: Any = None, keys: Any = None,
+                      id_columns: tuple[str, ...] = ID_COLUMNS) -> pd.DataFrame:
+    """Per-item rows: ``key`` (when given), every one of ``id_columns`` (empty where ``items`` lacks it, so each
+    command's predictions.csv starts with the same columns), ``score`` and the 0/1 ``prediction``.
 
     ``prediction`` is ``score >= threshold`` unless ``predictions`` gives it (alert-based replays, k-of-n rules).
     """
-    cols = [c for c in ID_COLUMNS if c in items.columns]
-    out = items[cols].copy().reset_index(drop=True)
+    out = pd.DataFrame({c: items[c].to_numpy() if c in items.columns else np.full(len(items), "", dtype=object)
+                        for c in id_columns}, index=range(len(items)))
     if keys is not None:
         out.insert(0, "key", np.asarray(keys))
     out["score"] = np.asarray(scores, dtype=float)
