@@ -15,12 +15,17 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from llmad.data.flowbench import PAPER_FEATURES
 from llmad.data.paper import pyfloat
 from llmad.errors import LlmadError
 
+# Bounds of what a template may build: one string/list value, and one rendered text (a job sentence is ~300
+# characters, an ICL prompt with many demonstrations a few tens of thousands). Jinja's own sandbox bounds range().
+MAX_VALUE_CHARS = 1_000_000
+MAX_RENDER_CHARS = 2_000_000
+MAX_POWER_BITS = 100_000
 
 
 def prompts_dir() -> Path:
@@ -78,10 +83,66 @@ def isnan(v: Any) -> bool:
         return False
 
 
+class ConfinedLoader(FileSystemLoader):
+    """A template, and whatever it includes, must be a file inside one of the search folders *after* resolving
+    symlinks: ``{% include 'link' %}`` with ``link -> /etc/passwd`` is refused (Jinja itself only refuses ``..``)."""
+
+    def get_source(self, environment, template):
+        """The source of ``template``, refused when its real path leaves every search folder."""
+        source, filename, uptodate = super().get_source(environment, template)
+        real = Path(filename).resolve()
+        roots = [Path(d).resolve() for d in self.searchpath]
+        if not any(real.is_relative_to(r) for r in roots):
+            raise LlmadError(f"template {template!r} resolves to {real}, outside the template folder "
+                             f"{roots[-1]}; includes must stay inside it (symlinks leaving it are refused)")
+        return source, filename, uptodate
+
+
+def _too_big(n: int) -> LlmadError:
+    return LlmadError(f"builds a value of {n:,} characters or items; the limit is {MAX_VALUE_CHARS:,}")
+
+
+def _size(v: Any) -> int:
+    return len(v) if isinstance(v, (str, bytes, list, tuple)) else 0
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``*``, ``+``, ``**`` and ``%`` bounded so ``'x' * 10**8`` is refused before it
+    is built, and method/filter calls refused an integer argument above the value bound (``'x'.ljust(10**8)``)."""
+
+    intercepted_binops = frozenset({"*", "+", "**", "%"})
+
+    def call_binop(self, context, operator, left, right):
+        """Apply ``left OPERATOR right`` unless the result would pass the size bounds."""
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if _size(seq) and isinstance(n, int) and _size(seq) * max(n, 0) > MAX_VALUE_CHARS:
+                    raise _too_big(_size(seq) * n)
+        elif operator == "+" and _size(left) + _size(right) > MAX_VALUE_CHARS:
+            raise _too_big(_size(left) + _size(right))
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+            if abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
+                raise LlmadError(f"computes {left}**{right}, a number too large to render")
+        result = super().call_binop(context, operator, left, right)
+        if _size(result) > MAX_VALUE_CHARS:
+            raise _too_big(_size(result))
+        return result
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
+        """Call ``__obj`` unless an integer argument asks for more than the value bound (padding, repeats)."""
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, int) and not isinstance(a, bool) and a > MAX_VALUE_CHARS:
+                raise _too_big(a)
+        result = super().call(__context, __obj, *args, **kwargs)
+        if _size(result) > MAX_VALUE_CHARS:
+            raise _too_big(_size(result))
+        return result
+
+
 @lru_cache(maxsize=16)
 def _env(extra_dir: str | None) -> ImmutableSandboxedEnvironment:
     dirs = [str(PROMPTS_DIR)] + ([extra_dir] if extra_dir else [])
-    env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(dirs), undefined=StrictUndefined,
+    env = BoundedSandbox(loader=ConfinedLoader(dirs, followlinks=False), undefined=StrictUndefined,
                                         autoescape=False, keep_trailing_newline=False,
                                         trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pyfloat=pyfloat, num=compact_num, ratio=ratio)
@@ -121,14 +182,30 @@ def template_hash(name: str, kind: str = "job") -> str:
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
+def bounded_render(tpl, name: str, **context: Any) -> str:
+    """Render ``tpl`` chunk by chunk, stopping once the text passes ``MAX_RENDER_CHARS`` (a loop that prints a
+    large value many times); every failure (undefined variable, sandbox refusal) is one ``LlmadError``."""
+    parts, total = [], 0
+    try:
+        for chunk in tpl.generate(**context):
+            total += len(chunk)
+            if total > MAX_RENDER_CHARS:
+                raise LlmadError(f"template {name!r}: one rendered text passes {MAX_RENDER_CHARS:,} characters; "
+                                 f"refusing it")
+            parts.append(chunk)
+    except LlmadError as e:
+        msg = str(e)
+        raise LlmadError(msg if msg.startswith("template") else f"template {name!r}: {msg}") from None
+    except SecurityError as e:
+        raise LlmadError(f"template {name!r}: refused by the sandbox: {e}") from None
+    except Exception as e:  # undefined variables, type errors in the template
+        raise LlmadError(f"template {name!r}: {type(e).__name__}: {e}") from None
+    return "".join(parts)
+
+
 def render_file(name: str, kind: str = "icl", **context: Any) -> str:
     """Render any prompt template (``prompts/<kind>/<name>.j2`` or a path) with ``context`` as data."""
-    try:
-        return get_template(name, kind).render(**context)
-    except LlmadError:
-        raise
-    except Exception as e:  # undefined variables, sandbox violations
-        raise LlmadError(f"template {name!r}: {type(e).__name__}: {e}") from None
+    return bounded_render(get_template(name, kind), name, **context)
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -145,13 +222,8 @@ def render_jobs(jobs: pd.DataFrame, template: str = "paper", causal: bool = Fals
 
         if not any(c.startswith("ctx_") for c in jobs.columns):
             frame = add_context_features(jobs, causal=causal)
-    out = []
-    try:
-        for rec in _records(frame):
-            out.append(tpl.render(job=rec, features=list(features)))
-    except Exception as e:
-        raise LlmadError(f"template {template!r}: {type(e).__name__}: {e}") from None
-    return out
+    feats = list(features)
+    return [bounded_render(tpl, template, job=rec, features=feats) for rec in _records(frame)]
 
 
 @lru_cache(maxsize=32)
@@ -168,7 +240,7 @@ def reads_context(template: str) -> bool:
 
 def render_one(job: dict[str, Any], template: str = "paper", features: Iterable[str] = PAPER_FEATURES) -> str:
     """Render a single job mapping (context columns must already be present for ``context``)."""
-    return get_template(template, "job").render(job=dict(job), features=list(features))
+    return bounded_render(get_template(template, "job"), template, job=dict(job), features=list(features))
 
 
 def token_counts(texts: Sequence[str], tokenizer) -> np.ndarray:

@@ -30,6 +30,7 @@ from llmad.data.splits import subsample
 from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
 from llmad.errors import LlmadError
+from llmad.interrupts import note_run
 
 METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb")
 STEP_SECONDS = {"nezha": 60.0, "smd": 60.0, "asd": 300.0}
@@ -61,11 +62,14 @@ class NumericConfig:
     hidden: int = option(32, "lstm-ae hidden size.", cli=False)
     n_estimators: int = option(200, "iforest / rf / hgb: trees or boosting iterations.", cli=False)
     seed: int = option(0, "Seed of window sampling and training.")
-    limit_series: int | None = option(None, "smd/asd: only the first N machines.")
+    limit_series: int | None = option(None, "smd/asd: only the first N machines (series).", flag="--limit")
     val_fraction: float = option(0.3, "smd/asd: share of the labelled test part used for validation.", cli=False)
     event_tolerance: int = option(0, "Points after an event that still count as detecting it.", cli=False)
     threshold_objective: str = option("f1", "Validation objective of the threshold: f1 | accuracy | youden.",
                                       cli=False)
+    threshold: str = option("val", "Threshold rule: val (best on validation points) | val-robust (the same on "
+                                   "per-series robust-standardised scores; survives score drift) | "
+                                   "contamination:Q (flag the top Q share of each part's own scores, labels unused)")
     out: str | None = option(None, "Run folder (default runs/numeric/...).")
     extra: dict[str, Any] = option(help="Passed to the detector constructor.", factory=dict, cli=False)
 
@@ -214,13 +218,14 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     ``split``: an already-loaded ``SeriesSplit`` of ``cfg.data`` (else loaded here). ``RunResult.metrics`` is the
     metrics.json content; ``summary`` the line the CLI prints.
     """
-    from llmad.metrics.timeseries import ts_report
+    from llmad.metrics.timeseries import parse_threshold_rule, ts_report, validation_warning
     from llmad.rundir import check_out, peak_rss_mb
 
     hooks = RunHooks.of(hooks)
     out_dir = check_out(cfg.out, force=force) if cfg.out else None
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
+    rule = parse_threshold_rule(cfg.threshold)
     if cfg.shots is not None and cfg.shots < 0:
         raise LlmadError("--shots must be >= 0")
     t_start = time.perf_counter()
@@ -236,6 +241,8 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     if val_ws.point_labels().sum() == 0:
         raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
                          "(choose another split or more validation data)")
+    if out_dir is not None:
+        note_run(out_dir)
     det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
     hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
     t0 = time.perf_counter()
@@ -243,6 +250,10 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     fit_s = time.perf_counter() - t0
     val_scores = det.score_points(val_ws)
     det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
+    warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
+        else None
+    if warning:
+        hooks.log(warning)
     hooks.stage(f"scoring {len(test_ws)} test windows")
     t0 = time.perf_counter()
     test_scores = det.score_points(test_ws)
@@ -250,15 +261,19 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     y = test_ws.point_labels()
     ev, types = test_ws.point_events()
     kind, _ = parse_spec(cfg.data, family="series")
-    rep = ts_report(y, test_scores, det.threshold_, event_ids=ev, event_types=types,
+    # The saved detector keeps the raw validation threshold; the rule decides what this run reports.
+    val_scores, val_thr, test_scores, threshold, source = apply_threshold_rule(rule, det, cfg, val_ws, val_scores,
+                                                                               test_ws, test_scores)
+    rep = ts_report(y, test_scores, threshold, event_ids=ev, event_types=types,
                     tolerance=cfg.event_tolerance, step_seconds=STEP_SECONDS.get(kind))
-    val_rep = ts_report(val_ws.point_labels(), val_scores, det.threshold_)
+    val_rep = ts_report(val_ws.point_labels(), val_scores, val_thr)
     metrics: dict[str, Any] = {
         "method": det.name, "dataset": cfg.data, "split": split.summary(),
         "window": window, "stride": stride, "shots": cfg.shots, "selection": sel,
         "test": rep,
         "validation": {k: val_rep[k] for k in ("f1", "precision", "recall", "pr_auc", "roc_auc")},
-        "threshold": det.threshold_, "threshold_source": "validation points (never test)",
+        "threshold": threshold, "threshold_rule": cfg.threshold, "threshold_source": source,
+        "warnings": [warning] if warning else [],
         "timing": {"fit_seconds": fit_s, "score_seconds": score_s,
                    "test_windows": int(len(test_ws)),
                    "windows_per_second": len(test_ws) / score_s if score_s > 0 else float("nan"),
@@ -271,7 +286,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
     names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
     idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])
-    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, det.threshold_, id_columns=("label",))
+    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, threshold, id_columns=("label",))
     preds.insert(0, "series", names)
     preds.insert(1, "point", idx)
     preds["event"] = ev
@@ -295,6 +310,27 @@ def _data_dir(cfg: NumericConfig) -> Path | None:
     return None if parse_spec(cfg.data, family="series")[0] == "csv" else data_dir_used(cfg.data_dir)
 
 
+def apply_threshold_rule(rule: tuple[str, float | None], det: Any, cfg: NumericConfig, val_ws: WindowSet,
+                         val_scores: np.ndarray, test_ws: WindowSet, test_scores: np.ndarray
+                         ) -> tuple[np.ndarray, float, np.ndarray, float, str]:
+    """(validation scores and threshold, test scores and threshold, where it came from) under ``--threshold``."""
+    from llmad.metrics.classification import choose_threshold
+    from llmad.metrics.timeseries import contamination_threshold, robust_standardise
+
+    name, q = rule
+    if name == "val":
+        thr = float(det.threshold_)
+        return val_scores, thr, test_scores, thr, "validation points (never test)"
+    if name == "val-robust":
+        v = robust_standardise(val_scores, [len(a) for a in val_ws.arrays])
+        t = robust_standardise(test_scores, [len(a) for a in test_ws.arrays])
+        thr = choose_threshold(val_ws.point_labels(), v, objective=cfg.threshold_objective)
+        return v, float(thr), t, float(thr), ("val-robust: best on validation points of per-series "
+                                              "robust-standardised scores ((s - series median) / MAD)")
+    return (val_scores, contamination_threshold(val_scores, q), test_scores, contamination_threshold(test_scores, q),
+            f"contamination:{q:g}: the top {q:.1%} of each part's own scores are flagged (labels unused)")
+
+
 def _notes(cfg: NumericConfig) -> list[str]:
     notes = ["point-adjusted F1 is reported only under test.point_adjusted_INFLATED and never used to select"]
     model = cfg.model or ""
@@ -311,7 +347,7 @@ def summary_line(m: dict[str, Any]) -> str:
     return (f"{m['method']} on {m['dataset']}: F1 {t['f1']:.3f} P {t['precision']:.3f} R {t['recall']:.3f} "
             f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} "
             f"event recall {ev.get('event_recall', float('nan')):.2f} "
-            f"(threshold from validation; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
+            f"(threshold {m.get('threshold_rule', 'val')}; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
 
 
 # ---------------------------------------------------------------------------------------------- pretraining

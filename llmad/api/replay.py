@@ -17,6 +17,7 @@ from llmad.api.hooks import QUIET, RunHooks
 from llmad.api.result import RunResult, data_dir_used
 from llmad.data.splits import subsample
 from llmad.errors import LlmadError
+from llmad.interrupts import note_run
 from llmad.stream import (ReplayResult, StreamConfig, choose_stream_threshold, iter_runs, list_run_members, replay,
                           split_run_ids)
 
@@ -167,6 +168,7 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
         backend=cfg.backend, workers=cfg.workers)
     thr = _threshold(det, cfg, ids, data, data_dir, val_runs, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    note_run(out_dir)
 
     def report(msg: str) -> None:
         hooks.log(msg)

@@ -22,8 +22,9 @@ from llmad.data.specs import spec_name
 from llmad.data.splits import Split
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
-from llmad.detectors.sft.training import is_main_process
+from llmad.detectors.sft.training import is_main_process, resume_checkpoint
 from llmad.errors import LlmadError
+from llmad.interrupts import note_run
 from llmad.render import reads_context
 
 # Settings that may change between an interrupted run and its --resume without changing what is trained.
@@ -101,6 +102,8 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     t0 = time.perf_counter()
     if cfg.resume:
         _check_resume(out, cfg)
+        resume_checkpoint(out / "checkpoints")  # a damaged checkpoint: warn and fall back, or fail before any work
+    note_run(out, "add --resume to the same command", kept="checkpoints")
     if is_main_process():
         write_json(out / "sft_run.json", cfg)
     if split is None:

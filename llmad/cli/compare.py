@@ -8,11 +8,11 @@ from typing import List, Optional
 import typer
 
 from llmad.cli.apps import app
-from llmad.cli.options import config_options
+from llmad.cli.options import LlmadCommand, config_options
 from llmad.rundir import RunOptions
 
 
-@app.command()
+@app.command(cls=LlmadCommand)
 @config_options(RunOptions, into="common",
                 helps={"out": "(compare: default runs/compare/NAME; an earlier comparison there is its cache)"})
 def compare(
@@ -39,5 +39,9 @@ def compare(
     typer.echo(f"{n['done']} runs ran, {n['cached']} from cache, {n['failed']} failed, {n['refused']} refused "
                f"in {rep['total_seconds']:.1f} s; report: {rep['paths']['report_md']}"
                + (f" and {rep['paths']['report_html']}" if "report_html" in rep["paths"] else ""))
+    for s in st:  # the reason of each failure, also with --quiet (the report has them too)
+        if s["status"] in ("failed", "refused"):
+            typer.echo(f"[{s['status']}] {s['method']} on {s['dataset']} seed {s['seed']}: "
+                       f"{s['message'] or 'no message'}", err=True)
     if n["failed"] or n["refused"]:
         raise typer.Exit(1)

@@ -2,23 +2,36 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from llmad.cli.apps import data_app
+from llmad.cli.options import LlmadCommand
 
-DataDir = typer.Option(None, "--data-dir", help="Data folder (default: $LLMAD_DATA_DIR, ./data, ../shared/data).")
+DataDir = typer.Option(None, "--data-dir",
+                       help="Data folder (default: $LLMAD_DATA_DIR, ./data, the checkout's data/, ../shared/data).")
 
 
-@data_app.command("info")
-def info(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:1000genome"),
+@data_app.command("info", cls=LlmadCommand)
+def info(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the same as --data), e.g. "
+                                                              "flowbench:1000genome", show_default=False),
+         data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset spec, e.g. flowbench:1000genome"),
          data_dir: Optional[str] = DataDir,
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Runs, jobs, label and anomaly-type counts, features of a dataset."""
     from llmad.data.flowbench import load_jobs, summarize
+    from llmad.errors import LlmadError
 
-    s = summarize(load_jobs(spec, data_dir))
+    if dataset and data and dataset != data:
+        raise LlmadError(f"two datasets given ({dataset} and --data {data}); give one")
+    spec = data or dataset
+    if not spec:
+        raise LlmadError("which dataset? e.g. llmad data info --data flowbench:1000genome "
+                         "(`llmad data list` shows the workflows)")
+
+    jobs, counts = load_counting_warnings(spec, data_dir, load_jobs)
+    s = {**summarize(jobs), "warnings": counts}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
@@ -28,15 +41,37 @@ def info(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:1000
     c = Console()
     c.print(f"[bold]{spec}[/]: {s['runs']:,} runs ({s['anomalous_runs']:,} with anomalies), {s['jobs']:,} jobs, "
             f"{s['hosts']} hosts, {s['transformations']} transformations")
-    t = Table("anomaly_type", "jobs")
+    t = Table("anomaly type", "jobs", "share", title="jobs by anomaly type")
     for k, v in s["anomaly_types"].items():
-        t.add_row(k, f"{v:,}")
+        t.add_row(k, f"{v:,}", f"{v / max(s['jobs'], 1):.1%}")
     c.print(t)
-    c.print(f"labels: {s['labels']}")
+    names = {"0": "normal", "1": "anomalous"}
+    t = Table("label", "jobs", "share", title="jobs by label")
+    for k, v in s["labels"].items():
+        t.add_row(f"{k} ({names.get(k, '?')})", f"{v:,}", f"{v / max(s['jobs'], 1):.1%}")
+    c.print(t)
     c.print(f"numeric features ({len(s['numeric_features'])}): {', '.join(s['numeric_features'])}")
+    counts = ", ".join(f"{k} {v}" for k, v in s["warnings"].items())
+    c.print(f"warnings: {counts or 'none'}")
 
 
-@data_app.command("list")
+def load_counting_warnings(spec: str, data_dir: str | None, load) -> tuple[Any, dict[str, int]]:
+    """``load(spec, data_dir)`` and the count of each named warning it issued (shown as usual)."""
+    import warnings
+    from collections import Counter
+
+    from llmad.errors import LlmadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default", LlmadWarning)
+        jobs = load(spec, data_dir)
+    named = [w for w in caught if isinstance(w.message, LlmadWarning)]
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return jobs, dict(Counter(w.message.name for w in named))
+
+
+@data_app.command("list", cls=LlmadCommand)
 def list_(data_dir: Optional[str] = DataDir) -> None:
     """Workflows available in the data folder."""
     from llmad.data.flowbench import available_workflows
@@ -45,7 +80,7 @@ def list_(data_dir: Optional[str] = DataDir) -> None:
         typer.echo(w)
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=LlmadCommand)
 def fetch(target: str = typer.Argument("flowbench", help="flowbench or flowbench:<workflow>"),
           data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where to put data (default ./data)."),
           manifest: Optional[str] = typer.Option(None, help="Manifest JSON (default data/manifest.json)."),

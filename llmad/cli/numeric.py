@@ -11,11 +11,11 @@ from typing import List, Optional
 import typer
 
 from llmad.cli.apps import app
-from llmad.cli.options import ConfigCommand, config_options
+from llmad.cli.options import ConfigCommand, LlmadCommand, LlmadGroup, config_options
 from llmad.rundir import RunOptions
 
 pretrain_app = typer.Typer(help="Self-supervised pretraining of small foundation models on unlabeled train data.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, cls=LlmadGroup)
 app.add_typer(pretrain_app, name="pretrain")
 
 
@@ -39,17 +39,22 @@ def numeric(opts: dict, common: dict) -> None:
     typer.echo(f"wrote {cfg.out}")
 
 
-@pretrain_app.command("moment")
+@pretrain_app.command("moment", cls=LlmadCommand)
 @config_options(RunOptions, into="common", helps={"out": "(the model goes to <out>/model; --model <out> loads it)"})
-def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", help="Dataset spec(s); only their train "
+def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", "-d", help="Dataset spec(s); only their train "
                                                                              "parts are used, labels ignored."),
                         common: dict = None,
                         seq_len: int = typer.Option(128, help="Input length (a multiple of 8)."),
-                        d_model: int = typer.Option(64), layers: int = typer.Option(2), heads: int = typer.Option(4),
-                        steps: int = typer.Option(300), batch_size: int = typer.Option(64),
-                        lr: float = typer.Option(1e-3), mask_ratio: float = typer.Option(0.3),
-                        max_windows: int = typer.Option(4000), seed: int = typer.Option(0),
-                        data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
+                        d_model: int = typer.Option(64, help="Model width."),
+                        layers: int = typer.Option(2, help="Transformer layers."),
+                        heads: int = typer.Option(4, help="Attention heads."),
+                        steps: int = typer.Option(300, "--max-steps", help="Training steps."),
+                        batch_size: int = typer.Option(64, help="Windows per batch."),
+                        lr: float = typer.Option(1e-3, help="Learning rate."),
+                        mask_ratio: float = typer.Option(0.3, help="Share of patches masked."),
+                        max_windows: int = typer.Option(4000, "--limit", help="At most N training windows (seeded)."),
+                        seed: int = typer.Option(0, help="Seed of window sampling and training."),
+                        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data folder.")) -> None:
     """Masked-reconstruction pretraining of a small MOMENT; load it later with `llmad numeric --model OUT`."""
     from llmad.api.numeric import pretrain_moment
     from llmad.cli.progress import cli_hooks
@@ -67,17 +72,20 @@ def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", help="Data
                f"(loss {res['first_loss']:.3f} -> {res['last_loss']:.3f}); wrote {out}")
 
 
-@app.command("windows-text")
-def windows_text(data: str = typer.Option("nezha:trainticket", "--data"),
+@app.command("windows-text", cls=LlmadCommand)
+def windows_text(data: str = typer.Option("nezha:trainticket", "--data", "-d", help="Metric dataset spec."),
                  out: str = typer.Option(..., "--out", help="CSV with text,label (the LLM_AD file shape)."),
                  part: str = typer.Option("test", help="train | validation | test"),
                  template: str = typer.Option("basic", help="prompts/window/<name>.j2 or a .j2 path"),
-                 window: int = typer.Option(64), stride: int = typer.Option(16),
-                 split: str = typer.Option("time"), view: str = typer.Option("pod"),
+                 window: int = typer.Option(64, help="Window length (points)."),
+                 stride: int = typer.Option(16, help="Step between windows."),
+                 split: str = typer.Option("time", help="nezha: time | fault"),
+                 view: str = typer.Option("pod", help="nezha: pod (per service) | system (all pods)"),
                  limit: Optional[int] = typer.Option(None, help="At most N windows (seeded sample)."),
-                 seed: int = typer.Option(0),
-                 data_dir: Optional[str] = typer.Option(None, "--data-dir")) -> None:
-    """Render metric windows as "FEAT is VAL" sentences so `llmad sft` / `llmad icl` can read them."""
+                 seed: int = typer.Option(0, help="Seed of the --limit sample."),
+                 data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data folder.")) -> None:
+    """Render metric windows as "FEAT is VAL" sentences: a text,label CSV for text classifiers outside llmad
+    (`llmad sft` / `llmad icl` read Flow-Bench jobs, not this file)."""
     import numpy as np
 
     from llmad.data.windows import ZScore, make_windows

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
+
+from llmad.cli.vocabulary import DEPRECATED
 
 SPECS = "__llmad_config_specs__"
 
@@ -288,7 +290,101 @@ def config_options(cls: type | str, into: str, *, prefix: str | None = None, exc
     return decorate
 
 
-class ConfigCommand(TyperCommand):
+def command_path(ctx: Any) -> str:
+    """The command's path below ``llmad`` (``data info``), from the click context chain."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def rewrite_deprecated(path: str, args: list[str]) -> list[str]:
+    """``args`` with the old spellings of ``path``'s flags (``llmad.cli.vocabulary.DEPRECATED``) replaced, each
+    named once in a ``warning [deprecated-flag]`` on stderr."""
+    old_new = DEPRECATED.get(path, {})
+    out, warned = [], set()
+    for i, a in enumerate(args):
+        if a == "--":
+            out.extend(args[i:])
+            break
+        flag, eq, value = a.partition("=")
+        if flag in old_new:
+            a = old_new[flag] + eq + value
+            if flag not in warned:
+                warned.add(flag)
+                typer.echo(f"warning [deprecated-flag]: {flag} is now {old_new[flag]}", err=True)
+        out.append(a)
+    return out
+
+
+def _hint_extra(ctx: Any, cmd: Any, args: list[str], error: Exception) -> Exception:
+    """A "did you mean --data SPEC?" hint for a dataset spec given where the command wants ``--data``."""
+    opts = {o for p in cmd.get_params(ctx) for o in getattr(p, "opts", ())}
+    spec = next((a for a in args if not a.startswith("-") and ":" in a and a in str(error)), None)
+    if spec is None or "--data" not in opts:
+        return error
+    return type(error)(f"{error.message}; did you mean --data {spec}?", ctx=ctx)
+
+
+def _plain_flags(params: list) -> list:
+    """Flags show no type in ``--help`` (typer would print ``--help <bool>``)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+def model_folder(model: str) -> str:
+    """``--model``: a run folder whose ``model/`` holds the saved detector means that ``model/`` (said on stderr)."""
+    from pathlib import Path
+
+    p = Path(model)
+    if p.is_dir() and not (p / "detector.json").is_file() and (p / "model" / "detector.json").is_file():
+        typer.echo(f"note: --model {model} is a run folder; using its saved detector {p / 'model'}", err=True)
+        return str(p / "model")
+    return model
+
+
+class LlmadCommand(TyperCommand):
+    """A typer command that accepts the old spelling of a renamed flag (with a warning), hints at ``--data`` for
+    a stray dataset argument and shows flags without a ``<bool>`` type in its help."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Rewrite deprecated flags, then parse; an unexpected extra argument that is a spec gets a hint."""
+        args = rewrite_deprecated(command_path(ctx), list(args))
+        try:
+            return super().parse_args(ctx, list(args))  # click's parser consumes the list it is given
+        except Exception as e:
+            if "unexpected extra argument" in str(getattr(e, "message", "")):
+                raise _hint_extra(ctx, self, args, e) from None
+            raise
+
+    def get_params(self, ctx: Any) -> list:
+        """Every parameter (flags shown without a type)."""
+        return _plain_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line with arguments as ``RECIPE`` / ``[DATASET]`` (typer would write ``{recipe}``)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name != "argument":
+                pieces.extend(p.get_usage_pieces(ctx))
+                continue
+            name = (p.metavar or p.name).upper() + ("..." if p.nargs != 1 else "")
+            pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
+class LlmadGroup(TyperGroup):
+    """The ``llmad`` group (and its sub-groups): flags shown without a ``<bool>`` type in ``--help``."""
+
+    def get_params(self, ctx: Any) -> list:
+        """Every parameter (flags shown without a type)."""
+        return _plain_flags(super().get_params(ctx))
+
+
+class ConfigCommand(LlmadCommand):
     """A typer command whose config options are built on first use (parsing or ``--help``), not at start-up."""
 
     _loaded = False
@@ -327,4 +423,5 @@ def _config_wrapper(fn: Any) -> Callable | None:
     return getattr(fn, "__llmad_self__", None)
 
 
-__all__ = ["config_options", "ConfigCommand", "ConfigBinding", "cli_fields", "flag_decls", "bindings"]
+__all__ = ["config_options", "ConfigCommand", "LlmadCommand", "LlmadGroup", "rewrite_deprecated", "command_path",
+           "model_folder", "ConfigBinding", "cli_fields", "flag_decls", "bindings"]

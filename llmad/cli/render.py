@@ -1,4 +1,5 @@
-"""`llmad render SPEC --template NAME|PATH`: job sentences as a ``text,label`` CSV."""
+"""`llmad render --data SPEC --template NAME|PATH` (or `llmad render SPEC ...`): job sentences as a ``text,label``
+CSV."""
 from __future__ import annotations
 
 from typing import Optional
@@ -11,13 +12,14 @@ from llmad.config import DataConfig, TemplateConfig
 
 
 @app.command(cls=ConfigCommand)
-@config_options(DataConfig, into="data_opts", exclude=("limit",))
+@config_options(DataConfig, into="data_opts")
 @config_options(TemplateConfig, into="template_opts")
-def render(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:1000genome"),
+def render(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the same as --data), e.g. "
+                                                                 "flowbench:1000genome", show_default=False),
            data_opts: dict = None, template_opts: dict = None,
            part: str = typer.Option("test", help="train | validation | test"),
            out: Optional[str] = typer.Option(None, "--out", "-o", help="CSV to write (else print examples)."),
-           n: int = typer.Option(5, help="Examples to print without --out.")) -> None:
+           ) -> None:
     """Render jobs with a template; with --split paper --template paper this reproduces the published sentences."""
     import pandas as pd
 
@@ -25,7 +27,8 @@ def render(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:10
     from llmad.data import load_split
     from llmad.render import get_template, render_jobs
 
-    d = merge(DataConfig(spec=spec), data_opts)
+    d = merge(DataConfig(), {"spec": dataset, **data_opts})
+    spec = d.spec
     t = merge(TemplateConfig(), template_opts)
     template, causal, split = t.name, t.causal, d.split
 
@@ -37,6 +40,10 @@ def render(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:10
     s = load_split(spec, split=split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
                    context=(template == "context"), causal=causal)
     df = s.part(part)
+    if d.limit is not None:  # a seeded sample of the part; without --out, the first 5 jobs are printed
+        from llmad.data.splits import subsample
+
+        df = subsample(df, d.limit, d.seed)
     texts = render_jobs(df, template, causal=causal)
     frame = pd.DataFrame({"text": texts, "label": df["label"].astype(int).to_numpy()})
     if split == "paper" and template == "paper" and "published_text" in df.columns:
@@ -51,5 +58,5 @@ def render(spec: str = typer.Argument(..., help="Dataset spec, e.g. flowbench:10
         write_frame_csv(out, frame)
         typer.echo(f"wrote {len(frame):,} rows to {out}")
     else:
-        for t, y in frame.head(n).itertuples(index=False):
+        for t, y in frame.head(d.limit or 5).itertuples(index=False):
             typer.echo(f"[{y}] {t}")

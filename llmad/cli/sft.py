@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from llmad.cli.apps import app
-from llmad.cli.options import ConfigCommand, config_options
+from llmad.cli.options import ConfigCommand, config_options, model_folder
 from llmad.config import DataConfig, merge
 from llmad.rundir import RunOptions
 
@@ -55,23 +55,25 @@ def sft(
 @config_options(RunOptions, into="common")
 def predict(
     common: dict,
-    model: str = typer.Option(..., "--model", "-m", help="a saved job detector (<out>/model of sft, icl, baseline)"),
+    model: str = typer.Option(..., "--model", "-m", help="a saved job detector: <out>/model of sft, icl, baseline"
+                                                       " (or the run folder <out>)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="data folder (default: found automatically)"),
     split: Optional[str] = typer.Option(None, "--split", help="score one part of this split (default: all jobs)"),
     part: str = typer.Option("test", "--part", help="train | validation | test (with --split)"),
-    test_workflow: Optional[str] = typer.Option(None, "--test-workflow"),
-    seed: int = typer.Option(0, "--seed"),
+    test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="unseen workflow for --split workflow"),
+    seed: int = typer.Option(0, "--seed", help="seed of the split and of the --limit sample"),
     limit: Optional[int] = typer.Option(None, "--limit", help="score a seeded sample of N jobs"),
-    int8: bool = typer.Option(False, "--int8", help="dynamic int8 quantized scoring on CPU"),
+    quantize: bool = typer.Option(False, "--quantize", help="dynamic int8 quantized scoring on CPU"),
 ) -> None:
     """Score jobs with a saved detector (sft, icl, baseline): predictions.csv, and metrics when labels are present."""
     from llmad.api.predict import run_predict
     from llmad.cli.progress import cli_hooks
 
     r = merge(RunOptions(), common)
+    model = model_folder(model)
     with cli_hooks(r.quiet) as hooks:
         res = run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed,
-                          test_workflow=test_workflow, limit=limit, out=r.out, quantize=int8, hooks=hooks,
+                          test_workflow=test_workflow, limit=limit, out=r.out, quantize=quantize, hooks=hooks,
                           force=r.force)
     typer.echo(res.summary)

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from llmad.cli.apps import app
-from llmad.cli.options import ConfigCommand, config_options
+from llmad.cli.options import ConfigCommand, config_options, model_folder
 from llmad.rundir import RunOptions
 
 # watch scores with torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that
@@ -26,14 +26,14 @@ STREAM_CONFIG = "llmad.stream.config:StreamConfig"
 def replay(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
     data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="data folder (default: found automatically)"),
     split: str = typer.Option("run", "--split", help="run | workflow | none (every run of --data)"),
     part: str = typer.Option("test", "--part", help="train | validation | test"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="for --split workflow"),
-    seed: int = typer.Option(0, "--seed"),
-    runs: Optional[int] = typer.Option(None, "--runs", help="replay a seeded sample of N runs of the part"),
-    train_runs: Optional[int] = typer.Option(None, "--train-runs", help="baseline:...: fit on N train runs"),
-    val_runs: Optional[int] = typer.Option(None, "--val-runs", help="--threshold validation: replay N runs"),
+    seed: int = typer.Option(0, "--seed", help="seed of the split and of the --limit samples"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="replay a seeded sample of N runs of the part"),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="baseline:...: fit on N train runs"),
+    val_limit: Optional[int] = typer.Option(None, "--val-limit", help="--threshold validation: replay N runs"),
     stream_opts: dict = None,
     common: dict = None,
 ) -> None:
@@ -51,9 +51,9 @@ def replay(
     # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
     live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
     with cli_hooks(r.quiet, err=True) as hooks:
-        res = run_replay(model, data, cfg, split=split, part=part, seed=seed, runs=runs, val_runs=val_runs,
-                         train_runs=train_runs, test_workflow=test_workflow, data_dir=data_dir, out=r.out,
-                         hooks=hooks, on_alert=live, force=r.force)
+        res = run_replay(model_folder(model), data, cfg, split=split, part=part, seed=seed, runs=limit,
+                         val_runs=val_limit, train_runs=train_limit, test_workflow=test_workflow, data_dir=data_dir,
+                         out=r.out, hooks=hooks, on_alert=live, force=r.force)
     typer.echo(res.summary)
     typer.echo(f"wrote {res.out_dir}")
 
@@ -66,7 +66,7 @@ def watch(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder"),
     alerts: Optional[str] = typer.Option(None, "--alerts", help="append alerts here as JSON lines (default stdout)"),
     state: Optional[str] = typer.Option(None, "--state", help="offset + state file [ALERTS.state.json]"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [from the file name]"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [file suffix, else 1st line]"),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for appended records"),
     poll: float = typer.Option(0.2, "--poll", help="seconds between polls of the feed"),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="stop after N s without new records"),
@@ -95,7 +95,7 @@ def watch(
     for flag, given in (("--alerts", alerts), ("--state", state)):  # appended to across restarts: reuse is fine
         if given:
             check_out(given, kind="file", flag=flag)
-    det = open_detector(model, quantize=cfg.quantize, backend=cfg.backend)
+    det = open_detector(model_folder(model), quantize=cfg.quantize, backend=cfg.backend)
     if cfg.threshold == "model":
         if getattr(det, "threshold_", None) is None:
             raise LlmadError("the model has no validation threshold; pass --threshold NUMBER")

@@ -34,6 +34,7 @@ from typing import Iterable
 
 from llmad.data.specs import PROJECT_ROOT, candidate_data_dirs
 from llmad.errors import DataError, LlmadError
+from llmad.interrupts import note_run
 
 DEFAULT_MANIFEST = PROJECT_ROOT / "data" / "manifest.json"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
@@ -251,6 +252,7 @@ def fetch_flowbench(target: str = "flowbench", data_dir: str | Path | None = Non
     entries = _select(target, load_manifest(manifest, base_url))
     dest_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     dest_dir = dest_dir / "flowbench"
+    note_run(dest_dir, "run the same command again (partial downloads continue)", kept="partial downloads")
     console = Console(stderr=True)
     out = []
     for e in entries:

@@ -15,8 +15,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from llmad.data.checks import PAPER_FEATURES, check_jobs, decode_text, read_member
 from llmad.data.specs import find_data_dir, parse_spec
-from llmad.errors import DataError
+from llmad.errors import DataError, warn
 
 RUN_RE = re.compile(r"(?:^|/)(?P<wf>[^/]+?)-run(?P<run>\d{4})\.csv$")
 TIMESTAMPS = ["ready", "pre_script_start", "pre_script_end", "submit", "stage_in_start", "stage_in_end",
@@ -31,15 +32,16 @@ KICKSTART = ["kickstart_executables_cpu_time", "kickstart_status", "kickstart_ex
              "kickstart_online_stime", "kickstart_online_bytes_read_per_second",
              "kickstart_online_bytes_written_per_second"]
 NUMERIC = TIMESTAMPS + DELAYS + BYTES + KICKSTART + ["is_clustered"]
-# The nine features of the LLM_AD sentences, in the paper's order.
-PAPER_FEATURES = ["wms_delay", "queue_delay", "runtime", "post_script_delay", "stage_in_delay", "stage_out_delay",
-                  "stage_in_bytes", "stage_out_bytes", "kickstart_executables_cpu_time"]
+# PAPER_FEATURES (from data.checks): the nine features of the LLM_AD sentences, in the paper's order.
 NORMAL_TOKENS = {"", "none", "nan", "normal"}
 META = ["workflow", "run_id", "job_id", "label", "anomaly_type", "job_type", "host", "transformation"]
 
 
 def flowbench_source(arg: str, data_dir: str | Path | None = None) -> Path:
     """Resolve the argument of ``flowbench:<arg>``: a workflow name in a data dir, or a zip/folder path."""
+    if not str(arg).strip():
+        # Path("") is the current folder: never read it recursively by accident.
+        raise DataError("flowbench: needs a workflow name or a zip/folder path (e.g. flowbench:1000genome)")
     p = Path(arg).expanduser()
     if p.exists():
         return p
@@ -70,7 +72,7 @@ def archive_members(src: Path) -> list[tuple[str, callable]]:
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"not a readable zip archive ({e})", file=str(src)) from None
     names = sorted(n for n in zf.namelist() if RUN_RE.search(n))
-    return [(f"{src}!{n}", (lambda n=n: zf.read(n))) for n in names]
+    return [(f"{src}!{n}", (lambda n=n: read_member(zf, n, f"{src}!{n}"))) for n in names]
 
 
 def load_jobs(spec: str | Path, data_dir: str | Path | None = None) -> pd.DataFrame:
@@ -80,7 +82,10 @@ def load_jobs(spec: str | Path, data_dir: str | Path | None = None) -> pd.DataFr
     if kind != "flowbench":
         raise DataError(f"dataset spec {spec!r} is not a Flow-Bench spec (jobs come from flowbench:<workflow>)")
     if "," in arg:
-        return pd.concat([load_jobs(f"flowbench:{a.strip()}", data_dir) for a in arg.split(",")], ignore_index=True)
+        parts = [a.strip() for a in arg.split(",")]
+        if "" in parts:
+            raise DataError(f"dataset spec {spec!r}: empty name in the comma list")
+        return pd.concat([load_jobs(f"flowbench:{a}", data_dir) for a in parts], ignore_index=True)
     if arg in ("all", "*"):
         return pd.concat([load_jobs(f"flowbench:{w}", data_dir) for w in available_workflows(data_dir)],
                          ignore_index=True)
@@ -92,14 +97,23 @@ def read_source(src: Path) -> pd.DataFrame:
     members = archive_members(src)
     if not members:
         raise DataError("no <workflow>-runNNNN.csv files found (expected the Flow-Bench layout)", file=str(src))
-    frames = []
+    frames, files, rows, absent = [], [], [], {}
     for name, read in members:
         try:
             raw = read()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+        except OSError as e:
             raise DataError(f"cannot read member ({e})", file=name) from None
-        frames.append(read_run_csv(raw, name, workflow=src.stem if src.suffix == ".zip" else src.name))
+        df = read_run_csv(raw, name, workflow=src.stem if src.suffix == ".zip" else src.name)
+        if df.attrs.get("filled_columns"):
+            absent.setdefault(tuple(df.attrs["filled_columns"]), []).append(name)
+        frames.append(df)
+        files += [name] * len(df)
+        rows += range(2, len(df) + 2)
+    for cols, names in absent.items():  # one warning per set of absent columns, naming the first file
+        warn("missing-column", f"file {names[0]}: no column(s) {', '.join(map(repr, cols))} (nor in {len(names) - 1} "
+                               f"more of {len(members)} files): left empty (missing) for their jobs")
     jobs = pd.concat(frames, ignore_index=True)
+    check_jobs(jobs, str(src), files=files, rows=rows, numeric=NUMERIC)
     return jobs
 
 
@@ -108,7 +122,7 @@ def read_run_csv(raw: bytes, name: str, workflow: str | None = None) -> pd.DataF
     m = RUN_RE.search(name.replace("!", "/"))
     if not m:
         raise DataError("file name does not match <workflow>-runNNNN.csv", file=name)
-    text = raw.decode("utf-8", errors="replace")
+    text = decode_text(raw, name)
     _check_field_counts(text, name)
     try:
         df = pd.read_csv(io.StringIO(text), low_memory=False, keep_default_na=True)
@@ -140,11 +154,13 @@ def read_run_csv(raw: bytes, name: str, workflow: str | None = None) -> pd.DataF
     df["host"] = df["kickstart_hostname"].astype(str) if "kickstart_hostname" in df.columns else "unknown"
     df["transformation"] = (df["kickstart_transformations"].astype(str)
                             if "kickstart_transformations" in df.columns else "unknown")
-    for col in PAPER_FEATURES:
-        if col not in df.columns:
-            df[col] = np.nan
+    filled = [c for c in PAPER_FEATURES if c not in df.columns]
+    for col in filled:
+        df[col] = np.nan
     rest = [c for c in df.columns if c not in META]
-    return df[META + rest]
+    df = df[META + rest]
+    df.attrs["filled_columns"] = filled  # read_source warns about them, once per column
+    return df
 
 
 def _check_field_counts(text: str, name: str) -> None:

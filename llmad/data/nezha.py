@@ -1,5 +1,5 @@
-"""Nezha TrainTicket metrics (``nezha:trainticket``): per-pod and system-wide multivariate series with point
-labels from the fault list, and time / fault-type splits.
+"""Nezha metrics (``nezha:trainticket``, ``nezha:onlineboutique`` or ``nezha:<zip or rca_data folder>``): per-pod
+and system-wide multivariate series with point labels from the fault list, and time / fault-type splits.
 
 Source (Nezha, FSE'23, github.com/IntelligentDDS/Nezha): ``rca_data/<day>/metric/<pod>_metric.csv`` (one row
 per minute, 19 metrics) and ``rca_data/<day>/<day>-fault_list.json`` (45 faults over two days).
@@ -14,12 +14,17 @@ Choices, each on purpose:
   the system view floors them to the minute to align pods (their clocks jitter by 1-2 s).
 - A pod file with no rows is skipped and named in ``info["skipped"]``; a fault on a skipped pod is then dropped
   from the labels (also noted). An empty archive or one without any fault list is a ``DataError``.
+- A metric file is a ``<pod>_metric.csv`` or a CSV whose header has ``Time`` and ``PodName``/``ServiceName``
+  (``front_service.csv``). Other CSVs beside them (OnlineBoutique's ``dependency.csv``, ``source_50.csv``,
+  ``destination_50.csv``: call graphs, not pod metrics) are skipped, named in ``info["skipped_files"]`` and in a
+  ``warning [nezha-extra-files]`` line.
 """
 from __future__ import annotations
 
 import io
 import json
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,11 +32,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from llmad.data.checks import read_member
 from llmad.data.timeseries import Series, SeriesSplit, clean_values, cut_at_times, fault_type_split, split_at_gaps
 from llmad.errors import DataError, LlmadError
 
 FAULT_SECONDS = 180
 META_COLS = ("Time", "TimeStamp", "PodName", "ServiceName")
+SYSTEMS = ("trainticket", "onlineboutique")  # the two Nezha systems, nezha/nezha_<system>.zip in the data dir
 _POD_SUFFIX = re.compile(r"-[0-9a-f]{8,10}-[0-9a-z]{5}$")
 
 
@@ -47,11 +54,12 @@ def find_zip(arg: str = "trainticket", data_dir: str | Path | None = None) -> Pa
         if not p.exists():
             raise DataError("no such Nezha archive", file=str(p))
         return p
-    if arg != "trainticket":
-        raise LlmadError(f"nezha:{arg}: only nezha:trainticket (or nezha:<path to zip or rca_data folder>) is known")
+    if arg not in SYSTEMS:
+        raise LlmadError(f"nezha:{arg}: expected one of {', '.join(SYSTEMS)} (or nezha:<path to zip or rca_data "
+                         f"folder>)")
     from llmad.data.specs import find_data_dir
 
-    return find_data_dir(data_dir, needs="nezha/nezha_trainticket.zip") / "nezha" / "nezha_trainticket.zip"
+    return find_data_dir(data_dir, needs=f"nezha/nezha_{arg}.zip") / "nezha" / f"nezha_{arg}.zip"
 
 
 def _parse_time(col: pd.Series) -> np.ndarray:
@@ -63,7 +71,10 @@ class _Source:
 
     def __init__(self, path: Path):
         self.path = path
-        self.zf = zipfile.ZipFile(path) if path.is_file() else None
+        try:
+            self.zf = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"not a readable zip archive ({e})", file=str(path)) from None
 
     def names(self) -> list[str]:
         if self.zf is not None:
@@ -73,7 +84,7 @@ class _Source:
 
     def read(self, name: str) -> bytes:
         if self.zf is not None:
-            return self.zf.read(name)
+            return read_member(self.zf, name, f"{self.path}!{name}")
         base = self.path.parent if self.path.name == "rca_data" else self.path
         return (base / name).read_bytes()
 
@@ -84,7 +95,7 @@ def load_raw(path: Path) -> tuple[dict[str, dict[str, pd.DataFrame]], pd.DataFra
     names = src.names()
     days: dict[str, dict[str, pd.DataFrame]] = {}
     faults = []
-    info: dict[str, Any] = {"skipped": [], "dropped_faults": []}
+    info: dict[str, Any] = {"skipped": [], "dropped_faults": [], "skipped_files": []}
     for n in sorted(names):
         m = re.search(r"rca_data/([^/]+)/metric/(.+)\.csv$", n)
         if m:
@@ -93,6 +104,11 @@ def load_raw(path: Path) -> tuple[dict[str, dict[str, pd.DataFrame]], pd.DataFra
                 df = pd.read_csv(io.BytesIO(src.read(n)))
             except pd.errors.EmptyDataError:
                 df = pd.DataFrame()
+            except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+                raise DataError(f"malformed CSV ({' '.join(str(e).split())[:200]})", file=n) from None
+            if not stem.endswith("_metric") and not is_metric_header(df.columns):
+                info["skipped_files"].append(n)  # a call graph or other table beside the pod metrics
+                continue
             if len(df) == 0:
                 info["skipped"].append(n)
                 continue
@@ -114,6 +130,10 @@ def load_raw(path: Path) -> tuple[dict[str, dict[str, pd.DataFrame]], pd.DataFra
                 for f in lst:
                     faults.append({"day": m.group(1), "inject_time": f["inject_time"], "pod": f["inject_pod"],
                                    "type": f["inject_type"], "inject_timestamp": f.get("inject_timestamp")})
+    if info["skipped_files"]:
+        print(f"llmad: warning [nezha-extra-files]: {path}: {len(info['skipped_files'])} CSV file(s) beside the pod "
+              f"metrics are not pod metrics and were skipped: "
+              f"{', '.join(sorted({Path(n).name for n in info['skipped_files']}))}", file=sys.stderr)
     if not days:
         raise DataError("no rca_data/<day>/metric/*.csv members found", file=str(path))
     if not faults:
@@ -125,6 +145,12 @@ def load_raw(path: Path) -> tuple[dict[str, dict[str, pd.DataFrame]], pd.DataFra
     ft = ft.sort_values("start").reset_index(drop=True)
     ft["fault_id"] = np.arange(len(ft))
     return days, ft, info
+
+
+def is_metric_header(columns: Sequence[str]) -> bool:
+    """A pod/service metric table: a ``Time`` column and a ``PodName`` or ``ServiceName`` column."""
+    cols = set(columns)
+    return "Time" in cols and bool(cols & {"PodName", "ServiceName"})
 
 
 def _label(times: np.ndarray, faults: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

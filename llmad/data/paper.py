@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from llmad.data.flowbench import PAPER_FEATURES
-from llmad.data.specs import find_data_dir
+from llmad.data.specs import candidate_data_dirs, find_data_dir
 from llmad.errors import DataError
 
 
@@ -39,9 +39,21 @@ def parse_paper_sentence(text: str) -> dict[str, float]:
     return {k: float(v) for k, v in _SENT.findall(text)}
 
 
+def published_workflows(data_dir: str | Path | None = None) -> str:
+    """Which workflows have published LLM_AD rows in the data dirs, as a hint for an error message."""
+    names = sorted({p.parent.name for d in candidate_data_dirs(data_dir) for p in d.glob("llm_ad/*/test.csv")})
+    if not names:
+        return "no data dir holds llm_ad/<workflow>/ (use --split run or --split workflow)"
+    return f"these have one: {', '.join(names)} (or use --split run or --split workflow)"
+
+
 def published_rows(workflow: str, part: str, data_dir: str | Path | None = None) -> pd.DataFrame:
     """The published LLM_AD rows (``text,label``) for a workflow and part."""
-    base = find_data_dir(data_dir, needs=f"llm_ad/{workflow}")
+    try:
+        base = find_data_dir(data_dir, needs=f"llm_ad/{workflow}")
+    except DataError:
+        raise DataError(f"--split paper: workflow {workflow!r} has no published LLM_AD split; "
+                        f"{published_workflows(data_dir)}") from None
     path = base / "llm_ad" / workflow / f"{part}.csv"
     if not path.is_file():
         raise DataError(f"no published {part} rows for workflow {workflow!r}", file=str(path))

@@ -14,13 +14,13 @@ Event types: ASD segments get their type (``metric`` / ``temporal`` / ``metric-t
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from llmad.data.checks import ARCHIVE_ERRORS
 from llmad.data.timeseries import Series, SeriesSplit, clean_values, events_from_labels
 from llmad.errors import DataError, LlmadError
 
@@ -77,7 +77,7 @@ def load_machine(path: Path, kind: str) -> tuple[np.ndarray, Series]:
             if missing:
                 raise DataError(f"missing array(s) {missing} (has {d.files})", file=str(path))
             train, test, lab = d["train"], d["test"], d["test_label"]
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (ValueError, *ARCHIVE_ERRORS) as e:  # a damaged npz member: bad CRC, deflate damage, truncation
         raise DataError(f"cannot read npz: {e}", file=str(path)) from None
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
         raise DataError(f"expected 2-D train/test with the same columns, got {train.shape} and {test.shape}",

@@ -1,6 +1,6 @@
 """Dataset spec strings (``flowbench:1000genome``, ``flowbench:/path/x.zip``, ``nezha:trainticket`` ...) and data dirs.
 
-Data dir precedence: ``--data-dir`` > ``$LLMAD_DATA_DIR`` > the project's ``data/`` > ``../shared/data``.
+Data dir precedence: ``--data-dir`` > ``$LLMAD_DATA_DIR`` > ``./data`` > the project's ``data/`` > ``../shared/data``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
     ``family="jobs"`` or ``"series"`` also requires a kind of that family (a clear error names what fits).
     """
     spec = str(spec)
+    if not spec.strip():
+        raise LlmadError("empty dataset spec: expected KIND:NAME (e.g. flowbench:1000genome)")
     if Path(spec).exists():
         kind, arg = "flowbench", spec
     elif ":" in spec and spec.split(":", 1)[0] in KNOWN_KINDS:
@@ -30,6 +32,9 @@ def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
     else:
         raise LlmadError(f"dataset spec {spec!r}: expected KIND:NAME with KIND one of {', '.join(KNOWN_KINDS)} "
                          f"(e.g. flowbench:1000genome)")
+    if not arg.strip() and kind in ("flowbench", "nezha", "csv"):
+        # An empty path is the current folder: never read it (recursively) by accident.
+        raise LlmadError(f"dataset spec {spec!r} has no name: expected {kind}:<name or path>")
     if family == "series" and kind not in SERIES_KINDS:
         raise LlmadError(f"numeric dataset kind {kind!r}: expected nezha, smd, asd or csv")
     if family == "jobs" and kind != "flowbench":
@@ -55,6 +60,7 @@ def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:
     env = os.environ.get("LLMAD_DATA_DIR")
     if env:
         out.append(Path(env))
+    out.append(Path.cwd() / "data")  # ./data of the folder the command runs in, before the checkout's
     out.append(PROJECT_ROOT / "data")
     out.append(PROJECT_ROOT.parent / "shared" / "data")
     out.append(Path.cwd().parent / "shared" / "data")

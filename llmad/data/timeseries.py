@@ -17,6 +17,7 @@ Bad input, one documented choice each:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from llmad.errors import DataError, LlmadError
+from llmad.data.checks import FLOAT32_MAX
+from llmad.errors import DataError, LlmadError, warn
 
 
 @dataclass
@@ -128,9 +130,23 @@ def split_at_gaps(s: Series, factor: float = 3.0) -> list[Series]:
     return [s.slice(a, b, name=f"{s.name}#{i}") for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
 
-def clean_values(values: np.ndarray) -> np.ndarray:
-    """inf -> NaN (both are 'missing' for us; windows forward-fill them)."""
-    v = np.asarray(values, dtype=np.float32).copy()
+def clean_values(values: np.ndarray, source: str | None = None, features: Sequence[str] | None = None,
+                 rows: np.ndarray | None = None) -> np.ndarray:
+    """inf -> NaN (both are 'missing' for us; windows forward-fill them); finite values beyond float32 are clipped.
+
+    Clipped values warn ``huge-value`` naming ``source``, the feature and (given ``rows``, each row's file row) the
+    first row (they would otherwise become inf in float32 and silently count as missing).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    big = np.isfinite(v) & (np.abs(v) > FLOAT32_MAX)
+    if big.any():
+        r, cols = np.nonzero(big)
+        name = features[cols[0]] if features is not None else f"column {cols[0]}"
+        where = f" (first at row {rows[r[0]]})" if rows is not None else ""
+        warn("huge-value", f"{source or 'series'}, field {name!r}: {int(big.sum())} value(s) beyond ±3.4e38{where}; "
+                           f"clipped to ±3.4e38")
+        v = np.clip(v, -FLOAT32_MAX, FLOAT32_MAX)
+    v = v.astype(np.float32)
     v[~np.isfinite(v)] = np.nan
     return v
 
@@ -271,6 +287,25 @@ def _merge_adjacent(parts: list[Series]) -> list[Series]:
 
 
 # --------------------------------------------------------------------------------------------- csv:
+def parse_times(col: pd.Series) -> pd.Series:
+    """Epoch seconds or date strings -> naive UTC datetimes; NaT exactly where a value cannot be read.
+
+    A column of epoch seconds with one bad value is read by pandas as strings: it is still epoch seconds, so the bad
+    value (not the first row) is what fails. Strings pandas cannot parse in the first value's format are retried
+    one by one, so only the truly unreadable ones are NaT.
+    """
+    num = pd.to_numeric(col, errors="coerce")
+    if pd.api.types.is_numeric_dtype(col) or num.notna().sum() > col.notna().sum() / 2:
+        return pd.to_datetime(num, unit="s", errors="coerce")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "could not infer format": the retry below handles it
+        ts = pd.to_datetime(col, errors="coerce", utc=True)
+        retry = ts.isna() & col.notna()
+        if retry.any():
+            ts[retry] = pd.to_datetime(col[retry].astype(str), errors="coerce", utc=True, format="mixed")
+    return ts.dt.tz_localize(None)
+
+
 def load_csv_series(path: str | Path, label_col: str = "label", time_col: str | None = None,
                     features: Sequence[str] | None = None, name: str | None = None) -> Series:
     """Read one CSV time series: numeric feature columns, a 0/1 ``label_col``, an optional time column."""
@@ -298,14 +333,11 @@ def load_csv_series(path: str | Path, label_col: str = "label", time_col: str | 
     if time_col is not None:
         if time_col not in df.columns:
             raise DataError(f"no time column {time_col!r}", file=str(p), field=time_col)
-        col = df[time_col]
-        if pd.api.types.is_numeric_dtype(col):
-            ts = pd.to_datetime(col, unit="s", errors="coerce")
-        else:
-            ts = pd.to_datetime(col, errors="coerce", utc=True).dt.tz_localize(None)
+        ts = parse_times(df[time_col])
         if ts.isna().any():
             row = int(np.flatnonzero(ts.isna().to_numpy())[0])
-            raise DataError("unparseable timestamp", file=str(p), row=row + 2, field=time_col)
+            raise DataError(f"unparseable timestamp {str(df[time_col].iloc[row])[:40]!r} (expected epoch seconds or a "
+                            f"date like 2024-01-31 12:00:00)", file=str(p), row=row + 2, field=time_col)
         if not ts.is_monotonic_increasing:
             order = np.argsort(ts.to_numpy(), kind="stable")
             df, ts, lab = df.iloc[order], ts.iloc[order], lab.iloc[order]
@@ -318,7 +350,8 @@ def load_csv_series(path: str | Path, label_col: str = "label", time_col: str | 
         raise DataError(f"feature column(s) {missing} not in CSV", file=str(p))
     if not features:
         raise DataError("no numeric feature columns besides the label/time columns", file=str(p))
-    vals = clean_values(df[list(features)].apply(pd.to_numeric, errors="coerce").to_numpy())
+    vals = clean_values(df[list(features)].apply(pd.to_numeric, errors="coerce").to_numpy(), str(p), features,
+                        rows=df.index.to_numpy() + 2)
     return Series(name=name or p.stem, values=vals, labels=lab.to_numpy().astype(int), features=list(features),
                   timestamps=ts, meta={"source": str(p)})
 

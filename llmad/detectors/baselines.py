@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from llmad.config import option
+from llmad.data.checks import clip_features
 from llmad.data.context import CONTEXT_FEATURES, add_context_features
 from llmad.data.flowbench import PAPER_FEATURES
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
@@ -106,7 +107,9 @@ class BaselineDetector(Detector):
         return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0), *scale, est)
 
     def _x(self, jobs: pd.DataFrame) -> np.ndarray:
-        x = feature_matrix(jobs, self.features, self.causal)
+        # sklearn casts to float32: finite values beyond its range are clipped (the loader warned huge-value),
+        # inf means missing.
+        x = clip_features(feature_matrix(jobs, self.features, self.causal))
         return np.where(np.isinf(x), np.nan, x)
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "BaselineDetector":

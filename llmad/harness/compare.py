@@ -14,6 +14,7 @@ from llmad.harness.plots import slug
 from llmad.harness.recipe import load_recipe
 from llmad.harness.report import write_report
 from llmad.io import write_json
+from llmad.interrupts import note_run
 
 
 def compare(recipe_path: str | Path | dict[str, Any], out: str | Path | None = None, resume: bool = False,
@@ -36,6 +37,7 @@ def compare(recipe_path: str | Path | dict[str, Any], out: str | Path | None = N
     out = Path(out) if out else Path("runs") / "compare" / slug(recipe.name)
     check_out(out, force=force, reuse_ok=(out / "recipe.resolved.json").is_file() and not force)
     out.mkdir(parents=True, exist_ok=True)
+    note_run(out, "the same command with --resume (finished runs are reused)", kept="finished runs")
     write_json(out / "recipe.resolved.json", {"recipe": recipe, "strong_baselines_added": added,
                                               "runs": [{"hash": s.hash, "method": s.row, "dataset": s.dataset,
                                                         "seed": s.seed} for s in specs]})

@@ -4,11 +4,12 @@ says exactly what the CLI would. Unknown keys fail before anything runs; ``--set
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from llmad.config import from_dict, load_yaml
+from llmad.config import check_value, from_dict, load_yaml, parse_yaml
 from llmad.data.specs import spec_family
 from llmad.errors import LlmadError
 
@@ -135,16 +136,16 @@ def entry_name(d: dict[str, Any]) -> str | None:
 
 def parse_overrides(items: Iterable[str]) -> list[tuple[str, Any]]:
     """``key=value`` strings -> (key, YAML-parsed value)."""
-    import yaml
-
     out = []
     for item in items:
         if "=" not in item:
             raise LlmadError(f"--set {item!r}: expected key=value (e.g. methods.rf-plain.config.n_estimators=50)")
         k, v = item.split("=", 1)
         try:
-            out.append((k.strip(), yaml.safe_load(v)))
-        except yaml.YAMLError:
+            out.append((k.strip(), parse_yaml(v, f"--set {k.strip()}")))
+        except LlmadError as e:
+            if "expands to" in str(e):
+                raise
             out.append((k.strip(), v))
     return out
 
@@ -158,18 +159,16 @@ def load_recipe(path: str | Path | dict[str, Any], overrides: Iterable[str] | di
         _set_path(raw, k, v)
     top = {k: v for k, v in raw.items() if k not in ("datasets", "methods")}
     recipe = from_dict(Recipe, top, where=where)
-    if isinstance(recipe.report, dict):
-        recipe.report = from_dict(ReportConfig, recipe.report, where=f"{where}.report")
     for name in ("datasets", "methods"):
         items = raw.get(name) or []
         if not isinstance(items, list):
-            raise LlmadError(f"{where}: {name} must be a list")
+            raise LlmadError(f"{where}: {name}: expected a list, got {type(items).__name__}")
         cls = DatasetEntry if name == "datasets" else MethodEntry
         built = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
-                raise LlmadError(f"{where}: {name}[{i}] must be a mapping")
-            built.append(from_dict(cls, item, where=f"{where}.{name}[{i}]"))
+                raise LlmadError(f"{where}: {name}[{i}]: expected a mapping, got {type(item).__name__}")
+            built.append(from_dict(cls, item, where=f"{where}: {name}[{i}]"))
         setattr(recipe, name, built)
     if not isinstance(recipe.seeds, list) or not recipe.seeds or not all(isinstance(s, int) for s in recipe.seeds):
         raise LlmadError(f"{where}: seeds must be a non-empty list of integers")
@@ -195,18 +194,21 @@ def _validate(recipe: Recipe, where: str) -> None:
         raise LlmadError(f"{where}: dataset names must be unique, got {names}")
     for i, m in enumerate(recipe.methods):
         if m.method not in METHOD_KINDS:
-            raise LlmadError(f"{where}.methods[{i}]: method {m.method!r}: expected one of {', '.join(METHOD_KINDS)}")
+            raise LlmadError(f"{where}: methods[{i}].method {m.method!r}: expected one of {', '.join(METHOD_KINDS)}")
         cls = config_class(m.method)
         owned = sorted(set(m.config) & HARNESS_OWNED.get(m.method, set()))
         if owned:
-            raise LlmadError(f"{where}.methods[{i}]: {owned} are set by the harness (from seeds/datasets), "
+            raise LlmadError(f"{where}: methods[{i}].config: {owned} are set by the harness (from seeds/datasets), "
                              f"not in config")
-        cfg = from_dict(cls, config_for_class(m.method, m.config), where=f"{where}.methods[{i}].config")
+        cfg = from_dict(cls, config_for_class(m.method, m.config), where=f"{where}: methods[{i}].config")
         for key, values in m.sweep.items():
             if not isinstance(values, list) or not values:
-                raise LlmadError(f"{where}.methods[{i}].sweep.{key}: expected a non-empty list")
+                raise LlmadError(f"{where}: methods[{i}].sweep.{key}: expected a non-empty list")
             if key not in {f.name for f in fields(cls)} and key not in ENTRY_SWEEPABLE:
-                raise LlmadError(f"{where}.methods[{i}].sweep: unknown key {key!r} for {cls.__name__}")
+                raise LlmadError(f"{where}: methods[{i}].sweep: unknown key {key!r} for {cls.__name__}")
+            hint = typing.get_type_hints(MethodEntry if key in ENTRY_SWEEPABLE else cls)[key]
+            for j, v in enumerate(values):  # every swept value is type-checked now, not when its run starts
+                check_value(v, hint, f"{where}: methods[{i}].sweep.{key}[{j}]")
         m.name = m.name or method_default_name(m.method, m.config, cfg)
         if m.datasets:
             unknown = sorted(set(m.datasets) - set(names))

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llmad.errors import LlmadError
 from llmad.metrics.classification import classification_report
 
 
@@ -128,3 +129,57 @@ def per_type_point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray, event
                   "roc_auc": float(skm.roc_auc_score(yy, ss)) if both else float("nan"),
                   "pr_auc": float(skm.average_precision_score(yy, ss)) if both else float("nan")}
     return out
+
+
+# ---------------------------------------------------------------------------------------------- threshold rules
+THRESHOLD_RULES = "val | val-robust | contamination:Q"
+# Below these, a validation-chosen threshold rests on too little to transfer (a warning says so).
+MIN_VALIDATION_POINTS = 500
+MIN_VALIDATION_EVENTS = 5
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """``val`` | ``val-robust`` | ``contamination:Q`` -> (rule, Q or None); anything else is one clear error."""
+    text = str(rule).strip().lower()
+    if text in ("val", "val-robust"):
+        return text, None
+    if text.startswith("contamination:"):
+        try:
+            q = float(text.split(":", 1)[1])
+        except ValueError:
+            q = float("nan")
+        if 0 < q < 0.5:
+            return "contamination", q
+    raise LlmadError(f"--threshold {rule!r}: expected {THRESHOLD_RULES} (0 < Q < 0.5, e.g. contamination:0.05)")
+
+
+def robust_standardise(scores: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
+    """Each series' scores as (score - its median) / (1.4826 * its MAD): a series whose whole score level drifts
+    between parts keeps its anomalies at the same standardised height, so a validation threshold transfers."""
+    s = np.asarray(scores, dtype=float)
+    out = np.empty_like(s)
+    start = 0
+    for n in lengths:
+        seg = s[start:start + n]
+        med = np.median(seg) if n else 0.0
+        mad = 1.4826 * np.median(np.abs(seg - med)) if n else 0.0
+        scale = mad if mad > 0 else (seg.std() or 1.0)
+        out[start:start + n] = (seg - med) / scale
+        start += n
+    return out
+
+
+def contamination_threshold(scores: np.ndarray, q: float) -> float:
+    """The score above which the top ``q`` share of this part's own scores lie (labels unused)."""
+    return float(np.quantile(np.asarray(scores, dtype=float), 1.0 - q))
+
+
+def validation_warning(labels: np.ndarray, event_ids: np.ndarray) -> str | None:
+    """A named warning when the validation part is too short or holds too few anomalous events to set a threshold."""
+    n = len(labels)
+    events = len({int(e) for e in np.unique(event_ids) if e >= 0})
+    if n >= MIN_VALIDATION_POINTS and events >= MIN_VALIDATION_EVENTS:
+        return None
+    return (f"warning [thin-validation]: the validation part has {n} points and {events} anomalous event(s) "
+            f"(fewer than {MIN_VALIDATION_POINTS} / {MIN_VALIDATION_EVENTS}): a threshold chosen on it may not "
+            f"transfer to test; consider --threshold contamination:Q or val-robust")

@@ -1,6 +1,7 @@
 """How a stream is replayed and when it alerts (``StreamConfig``), and the ``--speed`` parser."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from llmad.config import option
@@ -34,7 +35,10 @@ class StreamConfig:
         if self.reveal not in ("events", "features"):
             raise LlmadError(f"--reveal {self.reveal!r}: expected events or features")
         if self.alert not in ("threshold", "k-of-n"):
-            raise LlmadError(f"--alert {self.alert!r}: expected threshold or k-of-n")
+            m = re.fullmatch(r"\s*(\d+)\s*-?of-?\s*(\d+)\s*", str(self.alert))
+            k, n = m.groups() if m else ("K", "N")
+            raise LlmadError(f"--alert {self.alert!r}: expected threshold or k-of-n (the window is set by --k and "
+                             f"--n: --alert k-of-n --k {k} --n {n})")
         if self.alert == "k-of-n" and not 1 <= self.k <= self.n:
             raise LlmadError(f"k-of-n needs 1 <= k <= n, got k={self.k} n={self.n}")
         if self.batch not in ("run", "step"):

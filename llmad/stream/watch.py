@@ -74,6 +74,23 @@ def write_feed(runs: Iterable[pd.DataFrame], path: str | Path, fmt: str = "jsonl
 
 
 _NUMERIC_SET = set(NUMERIC) | {"label"}
+FEED_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+SHOWN_MALFORMED = 20  # malformed lines reported one by one; the rest are counted in the summary
+
+
+def sniff_format(line: str) -> str:
+    """``jsonl`` when a feed line looks like a JSON object, else ``csv`` (a header line)."""
+    return "jsonl" if line.lstrip().startswith("{") else "csv"
+
+
+def likely_format(line: str) -> str:
+    """What a malformed line looks like, for the error that stops a feed read in the wrong format."""
+    text = line.strip()
+    if text.startswith(("{", "[")):
+        return "JSON lines (--format jsonl)"
+    if "," in text:
+        return "CSV (--format csv)"
+    return "neither CSV nor JSON lines"
 
 
 class Watcher:
@@ -92,8 +109,11 @@ class Watcher:
     def __init__(self, detector: Any, threshold: float, *, alert: str = "threshold", k: int = 2, n: int = 3,
                  fmt: str | None = None, state_path: str | Path | None = None, alerts_path: str | Path | None = None,
                  batch_lines: int = 2000, max_runs: int = 64, log: Callable[[str], None] | None = None,
-                 cache_size: int = 200_000, checkpoint_s: float = 1.0):
+                 cache_size: int = 200_000, checkpoint_s: float = 1.0, max_bad_run: int = 100):
         self.detector = detector
+        self.max_bad_run = max_bad_run  # this many malformed lines in a row: the feed is not in this format
+        self.bad_run = 0
+        self.source = "feed"
         self.policy = AlertPolicy(threshold, alert, k, n)
         self.fmt = fmt
         self.state_path = Path(state_path) if state_path else None
@@ -185,6 +205,8 @@ class Watcher:
         line = line.rstrip("\r\n")
         if not line.strip():
             return None
+        if self.fmt is None:  # stdin or an unknown suffix: the first line says which
+            self.fmt = sniff_format(line)
         fmt = self.fmt
         if fmt == "csv":
             import csv
@@ -192,36 +214,36 @@ class Watcher:
             try:
                 row = next(csv.reader([line]))
             except (csv.Error, StopIteration) as e:
-                self._bad(lineno, f"unparseable CSV ({e})")
+                self._bad(lineno, f"unparseable CSV ({e})", line)
                 return None
             if self.header is None:
                 self.header = ["job_id" if (h == "" and i == 0) else h for i, h in enumerate(row)]
                 return None
             if len(row) != len(self.header):
-                self._bad(lineno, f"expected {len(self.header)} fields, found {len(row)}")
+                self._bad(lineno, f"expected {len(self.header)} fields, found {len(row)}", line)
                 return None
             rec = {h: v for h, v in zip(self.header, row) if v != ""}
         else:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                self._bad(lineno, f"not JSON ({e.msg})")
+                self._bad(lineno, f"not JSON ({e.msg})", line)
                 return None
             if not isinstance(rec, dict):
-                self._bad(lineno, "a JSON record must be an object")
+                self._bad(lineno, "a JSON record must be an object", line)
                 return None
             rec = {str(k): v for k, v in rec.items() if v is not None and v != ""}
         if "job_id" not in rec and "" in rec:
             rec["job_id"] = rec.pop("")
         if "job_id" not in rec:
-            self._bad(lineno, "no job_id")
+            self._bad(lineno, "no job_id", line)
             return None
         for c, v in list(rec.items()):
             if c in _NUMERIC_SET:
                 try:
                     f = float(v)
                 except (TypeError, ValueError):
-                    self._bad(lineno, f"field {c!r}: expected a number, got {str(v)[:40]!r}")
+                    self._bad(lineno, f"field {c!r}: expected a number, got {str(v)[:40]!r}", line)
                     return None
                 rec[c] = f
             elif not isinstance(v, (str, int, float, bool)):
@@ -233,11 +255,37 @@ class Watcher:
         for d, (a, b) in DERIVED_DELAYS.items():
             if d not in rec and a in rec and b in rec:
                 rec[d] = float(rec[b]) - float(rec[a])
+        self.bad_run = 0
         return rec
 
-    def _bad(self, lineno: int, msg: str) -> None:
+    def _bad(self, lineno: int, msg: str, line: str = "") -> None:
         self.counts["malformed"] += 1
-        self.log(f"llmad watch: line {lineno}: {msg}; record skipped")
+        self.bad_run += 1
+        n = self.counts["malformed"]
+        if n <= SHOWN_MALFORMED:
+            self.log(f"llmad watch: warning [malformed-line]: line {lineno}: {msg}; record skipped")
+        elif n == SHOWN_MALFORMED + 1:
+            self.log("llmad watch: warning [malformed-line]: more malformed lines; counted, not shown")
+        if self.bad_run >= self.max_bad_run:
+            self._forget_empty_state()
+            raise LlmadError(
+                f"{self.source}, line {lineno}: {self.bad_run} malformed lines in a row read as "
+                f"{'JSON lines' if self.fmt == 'jsonl' else 'CSV'} (last: {msg}); the feed looks like "
+                f"{likely_format(line)}: pass the right --format, or fix the feed")
+
+    def _forget_empty_state(self) -> None:
+        """A feed read in the wrong format has saved nothing worth resuming (no record); its state file would make
+        a rerun with the right ``--format`` start past the CSV header, so it goes."""
+        if not self.counts["records"] and self.state_path is not None and self.state_path.exists():
+            self.state_path.unlink()
+
+    def _all_bad(self) -> None:
+        """A feed that gave malformed lines and not one record is broken input, not a quiet success."""
+        if self.counts["malformed"] and not self.counts["records"]:
+            self._forget_empty_state()
+            raise LlmadError(f"{self.source}: none of the {self.counts['malformed']} non-empty lines read as "
+                             f"{'JSON lines' if self.fmt == 'jsonl' else 'CSV'} is a valid record; pass the "
+                             f"right --format (csv | jsonl), or fix the feed")
 
     # -- processing
     def _run_key(self, rec: dict[str, Any]) -> str:
@@ -314,11 +362,12 @@ class Watcher:
             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Consume the feed from the saved offset; with ``follow`` keep polling for appended lines."""
         resumed = self.load_state()
+        self.source = "stdin" if path == "-" else f"feed {path}"
         if path == "-":
             return self._run_stdin(resumed)
         p = Path(path)
         if self.fmt is None:
-            self.fmt = "csv" if p.suffix.lower() == ".csv" else "jsonl"
+            self.fmt = FEED_SUFFIXES.get(p.suffix.lower())  # None: sniffed from the first line
         if not p.exists() and not follow:
             raise DataError("no such feed file", file=str(p))
         idle_since = time.monotonic()
@@ -370,11 +419,11 @@ class Watcher:
                 break
             time.sleep(poll_s)
         self._emit([], self.offset, self.lines, force=True)
+        self._all_bad()
         return {"resumed": resumed, "offset": self.offset, "lines": self.lines, **dict(self.counts),
                 **{f"scorer_{k}": v for k, v in self.scorer.stats().items()}}
 
     def _run_stdin(self, resumed: bool) -> dict[str, Any]:
-        self.fmt = self.fmt or "jsonl"
         skip = self.lines
         batch: list[tuple[int, str]] = []
         lineno = 0
@@ -393,4 +442,5 @@ class Watcher:
         if batch:
             self._emit(self.process_lines(batch), 0, batch[-1][0])
         self._emit([], 0, self.lines, force=True)
+        self._all_bad()
         return {"resumed": resumed, "lines": self.lines, **dict(self.counts)}

@@ -52,7 +52,7 @@ def test_pretrain_moment_and_windows_text(tmp_path, capsys):
     out = tmp_path / "pre"
     try:
         main(["pretrain", "moment", "--data", "asd:omi-2", "--out", str(out), "--seq-len", "32", "--d-model", "16",
-              "--layers", "1", "--heads", "2", "--steps", "4", "--batch-size", "16", "--max-windows", "50"])
+              "--layers", "1", "--heads", "2", "--max-steps", "4", "--batch-size", "16", "--limit", "50"])
     except SystemExit as e:
         assert e.code in (0, None)
     assert json.loads((out / "pretrain.json").read_text())["steps"] == 4

@@ -72,7 +72,7 @@ def test_predict_and_replay_run_folders(baseline_run, tmp_path):
     _ok(["predict", "-m", baseline_run / "model", "-d", DATA, "--limit", "30", "-o", tmp_path / "p", "-q"])
     cfg = check_run_folder(tmp_path / "p", "predict")
     assert cfg["limit"] == 30 and cfg["seed"] == 0
-    res = _ok(["replay", "-m", baseline_run / "model", "--data", DATA, "--runs", "1", "-o", tmp_path / "r", "-q"])
+    res = _ok(["replay", "-m", baseline_run / "model", "--data", DATA, "--limit", "1", "-o", tmp_path / "r", "-q"])
     assert res.err == ""  # -q: no progress lines
     check_run_folder(tmp_path / "r", "replay")
 
@@ -119,7 +119,7 @@ def test_numeric_pretrain_and_compare_run_folders(tmp_path):
     _ok(["numeric", "--method", "iforest", "--data", "asd:omi-1", "-o", tmp_path / "n", "-q"])
     check_run_folder(tmp_path / "n", "numeric", id_columns=("series", "point", "label"))
     _ok(["pretrain", "moment", "--data", "asd:omi-2", "--seq-len", "16", "--d-model", "8", "--layers", "1",
-         "--heads", "2", "--steps", "1", "--batch-size", "8", "--max-windows", "16", "-o", tmp_path / "m", "-q"])
+         "--heads", "2", "--max-steps", "1", "--batch-size", "8", "--limit", "16", "-o", tmp_path / "m", "-q"])
     cfg = check_run_folder(tmp_path / "m", "pretrain moment", id_columns=())
     assert cfg["pretrain"]["steps"] == 1 and (tmp_path / "m" / "model" / "config.json").is_file()
     recipe = tmp_path / "r.yaml"

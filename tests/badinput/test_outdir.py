@@ -28,10 +28,10 @@ def _dir_commands(model: Path) -> dict[str, list[str]]:
         "sft": ["sft", *LIMIT],
         "icl": ["icl", *LIMIT],
         "predict": ["predict", "-m", str(model), "-d", "flowbench:1000genome", *LIMIT],
-        "replay": ["replay", "-m", str(model), "--runs", "1"],
+        "replay": ["replay", "-m", str(model), "--limit", "1"],
         "numeric": ["numeric", "--method", "iforest"],
         "compare": ["compare", str(ROOT / "recipes" / "ci_tiny.yaml")],
-        "pretrain": ["pretrain", "moment", "--data", "asd:omi-1", "--steps", "1"],
+        "pretrain": ["pretrain", "moment", "--data", "asd:omi-1", "--max-steps", "1"],
     }
 
 

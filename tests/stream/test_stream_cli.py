@@ -51,7 +51,7 @@ def rf_dir(tmp_path_factory, real_data_dir, genome_ids):
 def test_replay_cli_real_runs(tmp_path, rf_dir, real_data_dir):
     out = tmp_path / "replay"
     r = llmad("replay", "--model", str(rf_dir), "--data", "flowbench:1000genome", "--data-dir", str(real_data_dir),
-              "--runs", "3", "--alert", "k-of-n", "--k", "1", "--n", "2", "--out", str(out), "-q")
+              "--limit", "3", "--alert", "k-of-n", "--k", "1", "--n", "2", "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["runs"] == 3 and m["jobs"] == 3 * 137
@@ -74,7 +74,7 @@ def test_replay_cli_real_runs(tmp_path, rf_dir, real_data_dir):
 
     feats = tmp_path / "features"
     r = llmad("replay", "--model", str(rf_dir), "--data", "flowbench:1000genome", "--data-dir", str(real_data_dir),
-              "--split", "none", "--runs", "2", "--reveal", "features", "--out", str(feats), "-q")
+              "--split", "none", "--limit", "2", "--reveal", "features", "--out", str(feats), "-q")
     assert r.returncode == 0, r.stderr
     steps = pd.read_csv(feats / "features_steps.csv")
     assert list(steps["step"]) == [f"T{i}" for i in range(1, 10)]
@@ -82,7 +82,7 @@ def test_replay_cli_real_runs(tmp_path, rf_dir, real_data_dir):
 
 
 def test_replay_cli_bad_input_is_one_line(tmp_path):
-    r = llmad("replay", "--model", str(tmp_path / "nope"), "--runs", "1")
+    r = llmad("replay", "--model", str(tmp_path / "nope"), "--limit", "1")
     assert r.returncode == 2 and "llmad: error:" in r.stderr and "Traceback" not in r.stderr
     r = llmad("replay", "--model", "baseline:rf", "--reveal", "sideways")
     assert r.returncode == 2 and "--reveal" in r.stderr
@@ -103,7 +103,7 @@ def test_replay_cli_sft_model(tmp_path, real_data_dir):
     det.save(tmp_path / "sft")
     out = tmp_path / "replay"
     r = llmad("replay", "--model", str(tmp_path / "sft"), "--data", spec, "--data-dir", str(real_data_dir),
-              "--split", "none", "--runs", "2", "--out", str(out), "-q")
+              "--split", "none", "--limit", "2", "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["jobs"] == 24 and m["throughput"]["by_text"] is True

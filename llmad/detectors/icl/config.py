@@ -33,7 +33,7 @@ class ICLConfig:
     load_in_4bit: bool = option(False, "bitsandbytes NF4 base model (CPU or CUDA)")
     lora_r: int = option(0, "LoRA rank for tuning on prompt -> label completions (0 = none)", flag="--lora")
     lora_alpha: int | None = option(None, "LoRA alpha (None: 2 * rank)", cli=False)
-    train_examples: int = option(64, "tuning examples from the train part")
+    train_examples: int = option(64, "tuning examples from the train part", flag="--train-limit")
     train_steps: int | None = option(None, "optimizer steps (default: one pass over train_examples)")
     train_batch_size: int = option(4, "tuning examples per optimizer step", cli=False)
     learning_rate: float = option(2e-4, "LoRA learning rate", flag="--lr")
@@ -68,7 +68,7 @@ class ICLConfig:
         if self.shots < 0:
             raise LlmadError("--shots must be >= 0")
         if self.lora_r < 0 or self.train_examples < 0:
-            raise LlmadError("--lora and --train-examples must be >= 0")
+            raise LlmadError("--lora and --train-limit must be >= 0")
         if len(self.label_words) != 2 or not all(str(w).strip() for w in self.label_words):
             raise LlmadError("label words: expected two non-empty words (normal, abnormal)")
         if self.label_words[0].strip().lower() == self.label_words[1].strip().lower():

@@ -138,7 +138,11 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 
 
 def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> str | None:
-    """Newest complete ``checkpoint-N`` (trainer_state.json is written last); optionally delete incomplete ones."""
+    """Newest complete ``checkpoint-N`` (trainer_state.json is written last).
+
+    ``remove_incomplete`` (what resuming uses): also delete incomplete ones and set damaged ones aside, returning
+    the newest undamaged one (see :func:`resume_checkpoint`).
+    """
     d = Path(ckpt_dir)
     if not d.is_dir():
         return None
@@ -150,7 +154,74 @@ def latest_checkpoint(ckpt_dir: str | Path, remove_incomplete: bool = False) -> 
                 cands.append((int(m.group(1)), c))
             elif remove_incomplete and is_main_process():
                 shutil.rmtree(c, ignore_errors=True)  # killed while writing it
+    if remove_incomplete:
+        return _undamaged(sorted(cands, reverse=True))
     return str(max(cands)[1]) if cands else None
+
+
+def checkpoint_damage(ckpt: str | Path) -> str | None:
+    """Why a complete-looking ``checkpoint-N`` cannot be resumed from (a truncated or corrupt file), or None.
+
+    Cheap structural checks only: trainer_state.json parses; each safetensors file is as long as its header says;
+    each torch ``.pt``/``.pth`` file (optimizer, scheduler, RNG state) is a zip with its central directory intact.
+    """
+    import json
+    import struct
+    import zipfile
+
+    c = Path(ckpt)
+    try:
+        json.loads((c / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json is not valid JSON ({str(e)[:80]})"
+    for f in sorted(c.glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:  # the header only: weights may be gigabytes
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n)) if n < size else None
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"{f.name} has no readable safetensors header (truncated or damaged)"
+        if size != 8 + n + end:
+            return f"{f.name} is {size:,} bytes, its header says {8 + n + end:,} (truncated or damaged)"
+    for f in sorted([*c.glob("*.pt"), *c.glob("*.pth")]):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{f.name} is damaged ({e})"
+    return None
+
+
+def resume_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The newest complete, undamaged checkpoint to resume from; damaged newer ones are set aside with a warning.
+
+    A damaged checkpoint is renamed ``damaged-checkpoint-N`` (kept for inspection, out of the Trainer's way). When
+    every complete checkpoint is damaged, a one-line error names the newest.
+    """
+    return latest_checkpoint(ckpt_dir, remove_incomplete=True)
+
+
+def _undamaged(cands: list[tuple[int, Path]]) -> str | None:
+    """The first undamaged checkpoint of ``cands`` (newest first), setting aside the damaged ones before it."""
+    from llmad.errors import warn
+
+    damaged: list[tuple[Path, str]] = []
+    for _, c in cands:
+        why = checkpoint_damage(c)
+        if why is None:
+            for bad, reason in damaged:
+                warn("damaged-checkpoint", f"{bad}: {reason}; resuming from the earlier {c.name} instead (the "
+                                           f"damaged one is kept as {bad.parent / ('damaged-' + bad.name)})")
+                if is_main_process():
+                    bad.rename(bad.parent / f"damaged-{bad.name}")
+            return str(c)
+        damaged.append((c, why))
+    if damaged:
+        bad, why = damaged[0]
+        raise LlmadError(f"--resume: checkpoint {bad} is damaged ({why}) and no earlier complete checkpoint is left; "
+                         f"delete {bad.parent} to train from the start, or use another --out")
+    return None
 
 
 @dataclass
@@ -205,5 +276,6 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
 
 
 __all__ = ["is_main_process", "check_config", "training_rows", "training_arguments", "validation_line",
-           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "train_model", "TrainOutcome",
+           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "checkpoint_damage", "resume_checkpoint",
+           "train_model", "TrainOutcome",
            "THRESHOLD_OBJECTIVES"]

@@ -60,7 +60,7 @@ def test_icl_generate_and_cot(tmp_path, capsys):
 @pytest.mark.integration
 def test_icl_lora_on_4bit(tmp_path, capsys):
     code, out = call(icl(tmp_path, "lora", "--shots", "0", "--limit", "6", "--load-in-4bit", "--lora", "4",
-                         "--train-examples", "4", "--train-steps", "2", "--val-limit", "4"), capsys)
+                         "--train-limit", "4", "--train-steps", "2", "--val-limit", "4"), capsys)
     assert code == 0, out
     m = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     t = m["tuning"]
