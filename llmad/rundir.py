@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from llmad.config import option
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, LlmadWarning
 from llmad.io import provenance, write_frame_csv, write_json
 
 # Files by which an earlier llmad run folder is recognised (run folders, SFT's run file, pretraining, compare).
@@ -127,7 +127,8 @@ def _hf_progress_bars(on: bool | None) -> bool | None:
 @contextlib.contextmanager
 def quiet_warnings(out: str | Path | None, quiet: bool) -> Iterator[None]:
     """With ``quiet``: Python warnings and library log records (transformers, torch ...) go to
-    ``<out>/warnings.log`` instead of the terminal; they need no action from the user."""
+    ``<out>/warnings.log`` instead of the terminal; they need no action from the user. llmad's own named
+    warnings (``llmad.errors.warn``: suspicious input) are still shown."""
     if not quiet:
         yield
         return
@@ -147,7 +148,10 @@ def quiet_warnings(out: str | Path | None, quiet: bool) -> Iterator[None]:
     old_show = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        fh.write(warnings.formatwarning(message, category, filename, lineno, line))
+        if issubclass(category, LlmadWarning):  # llmad's named warnings are about the user's input: shown
+            old_show(message, category, filename, lineno, file, line)
+        else:
+            fh.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     warnings.showwarning = show
     bars = _hf_progress_bars(False)
