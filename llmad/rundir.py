@@ -105,21 +105,17 @@ def clear_run_dir(p: Path) -> None:
 
 
 def _hf_progress_bars(on: bool | None) -> bool | None:
-    """Turn the Hugging Face libraries' own tqdm bars (model shards, downloads) on/off; returns the old state.
-
-    Without importing them: before their import the environment variable decides, after it their switch does.
-    """
-    import sys
-
+    """Turn the Hugging Face libraries' own tqdm bars (model shards, downloads) on/off; returns the old state
+    (None, and nothing changed, where transformers is not installed)."""
     if on is None:
         return None
-    old = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") != "1"
-    if on:
-        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
-    else:
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    hf = sys.modules.get("transformers.utils.logging")
-    if hf is not None:
+    try:
+        import transformers.utils.logging as hf
+    except ImportError:
+        return None
+    old = hf.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # huggingface_hub warns when its environment variable disagrees
         (hf.enable_progress_bar if on else hf.disable_progress_bar)()
     return old
 
@@ -164,6 +160,8 @@ def quiet_warnings(out: str | Path | None, quiet: bool) -> Iterator[None]:
             lg = logging.getLogger(n)
             lg.handlers, lg.propagate = handlers, prop
         fh.close()
+        if log is not None and log.is_file() and log.stat().st_size == 0:
+            log.unlink()  # nothing was said: no empty file in the run folder
 
 
 def default_out(command: str, name: str) -> Path:

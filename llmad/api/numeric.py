@@ -355,15 +355,15 @@ def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None =
                     d_model: int = 64, n_layers: int = 2, n_heads: int = 4, steps: int = 300,
                     batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.3, max_windows: int = 4000,
                     seed: int = 0, log_every: int = 0, force: bool = False,
-                    hooks: RunHooks | None = None) -> dict[str, Any]:
+                    hooks: RunHooks | None = None, quiet: bool = False) -> dict[str, Any]:
     """Self-supervised masked-reconstruction pretraining of a small MOMENT on the *train* parts of ``data``
     (labels unused), saved with ``save_pretrained(out/model)``; ``--model out`` loads it like a hub model.
 
     ``out`` is a run folder (config.json, provenance.json, pretrain.json, metrics.json last); one holding an earlier
-    run is refused before any work unless ``force``."""
+    run is refused before any work unless ``force``; ``quiet``: library warnings go to ``<out>/warnings.log``."""
     from llmad.detectors.moment import pretrain_small_moment, small_moment_config
     from llmad.io import write_json
-    from llmad.rundir import check_out, write_run
+    from llmad.rundir import check_out, quiet_warnings, write_run
 
     hooks = RunHooks.of(hooks)
     if not data:
@@ -387,8 +387,9 @@ def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None =
                                  d_ff=2 * d_model)
     t0 = time.perf_counter()
     hooks.stage(f"pretraining on {len(x)} sequences for {steps} steps")
-    res = pretrain_small_moment(x, out / "model", config=config, steps=steps, batch_size=batch_size, lr=lr,
-                                mask_ratio=mask_ratio, seed=seed, log_every=log_every)
+    with quiet_warnings(out, quiet):
+        res = pretrain_small_moment(x, out / "model", config=config, steps=steps, batch_size=batch_size, lr=lr,
+                                    mask_ratio=mask_ratio, seed=seed, log_every=log_every)
     res.update({"data": used, "sequences": int(len(x)), "seconds": time.perf_counter() - t0,
                 "note": "small MOMENT pretrained here on unlabeled train parts; a stand-in for MOMENT-1-large, "
                         "whose weights are unreachable offline", "model": "model"})

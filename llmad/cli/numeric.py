@@ -67,7 +67,7 @@ def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", "-d", help
         res = pretrain_moment(data, out, data_dir=data_dir, seq_len=seq_len, d_model=d_model, n_layers=layers,
                               n_heads=heads, steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio,
                               max_windows=max_windows, seed=seed, log_every=0 if r.quiet else max(1, steps // 10),
-                              force=r.force, hooks=hooks)
+                              force=r.force, hooks=hooks, quiet=r.quiet)
     typer.echo(f"pretrained {res['parameters']} parameters for {res['steps']} steps "
                f"(loss {res['first_loss']:.3f} -> {res['last_loss']:.3f}); wrote {out}")
 
