@@ -42,7 +42,7 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     from llmad.data.flowbench import load_jobs
     from llmad.data.splits import make_split, subsample
     from llmad.metrics.classification import classification_report
-    from llmad.rundir import check_out, default_out, write_run
+    from llmad.rundir import check_out, default_out, quiet_warnings, write_run
 
     hooks = RunHooks.of(hooks, printer)
     cfg.validate()
@@ -58,7 +58,7 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     det.on_scored = hooks.advance  # one tick per scored prompt: validation (in fit), then test
     hooks.stage(f"{cfg.shots}-shot prompt, threshold on {len(val)} validation jobs", total=len(val))
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with quiet_warnings(out, hooks.quiet), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         det.fit(split.train, val, lm=lm)
         fit_s = time.perf_counter() - t0

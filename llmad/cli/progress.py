@@ -15,7 +15,7 @@ def cli_hooks(quiet: bool = False, err: bool = False) -> Iterator[RunHooks]:
     """``RunHooks`` drawing a rich bar on stderr (one task per ``stage``) with log lines on stdout (``err``:
     stderr), or silent ones with ``quiet``."""
     if quiet:
-        yield RunHooks(log=None)
+        yield RunHooks(log=None, quiet=True)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
