@@ -18,9 +18,11 @@ from llmad.config import option
 from llmad.errors import LlmadError, LlmadWarning
 from llmad.io import provenance, write_frame_csv, write_json
 
-# Files by which an earlier llmad run folder is recognised (run folders, SFT's run file, pretraining, compare).
+# Files by which an earlier llmad run folder is recognised, finished or interrupted (run files, SFT's run file and
+# checkpoints, pretraining, compare's cache, a replay's streamed outputs, numeric's scratch models).
 RUN_MARKERS = ("config.json", "metrics.json", "provenance.json", "sft_run.json", "pretrain.json",
-               "recipe.resolved.json", "model/detector.json", "detector/detector.json", "checkpoints")
+               "recipe.resolved.json", "model/detector.json", "detector/detector.json", "checkpoints",
+               "predictions.csv", "alerts.jsonl", "models", "warnings.log", "runs")
 
 
 @dataclass
