@@ -96,7 +96,8 @@ def clear_run_dir(p: Path) -> None:
     rp = p.resolve()
     if rp == here or rp in here.parents or rp == Path.home().resolve():
         raise LlmadError(f"--out {p}: --force never clears the current folder, one above it or the home folder")
-    leftovers_only = all(q.name.startswith(".") for q in p.iterdir())  # temp files of an interrupted atomic write
+    # temp files of an interrupted atomic write (".name.ext.XXXX", io.py) and nothing else, e.g. no .git or .env
+    leftovers_only = all(q.is_file() and q.name.startswith(".") and q.name.count(".") >= 3 for q in p.iterdir())
     if not leftovers_only and not any((p / m).exists() for m in RUN_MARKERS):
         raise LlmadError(f"--out {p}: --force replaces an earlier llmad run only, and this folder holds other "
                          f"files (no {' / '.join(RUN_MARKERS[:3])}); choose another --out")
