@@ -49,10 +49,12 @@ class DataConfig:
     spec: str = option("flowbench:1000genome", "dataset spec, e.g. flowbench:1000genome", flag="--data -d")
     data_dir: str | None = option(None, "data folder (default: $LLMAD_DATA_DIR, ./data, the checkout's data/, "
                                         "../shared/data)")
-    split: str = option("run", "run | paper (the paper's job-level split) | workflow (unseen workflow)")
+    split: str = option("run", "run | paper (the paper's job-level split) | workflow (unseen workflow) | time | row "
+                               "(jobs: tables without run ids)")
     seed: int = option(0, "seed of the split and of every seeded subsample")
     test_workflow: str | None = option(None, "unseen workflow for --split workflow")
     limit: int | None = option(None, "subsample each split part to N jobs (seeded; quick runs)")
+    columns: str | None = option(None, "column map (YAML) of a jobs:<table> spec [<table>.llmad.yaml, else inferred]")
 
 
 @dataclass

@@ -213,8 +213,12 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def render_jobs(jobs: pd.DataFrame, template: str = "paper", causal: bool = False,
-                features: Sequence[str] = PAPER_FEATURES) -> list[str]:
-    """Render each job row to a sentence with a job template (``paper``, ``compact``, ``context`` or a path)."""
+                features: Sequence[str] | None = None) -> list[str]:
+    """Render each job row to a sentence with a job template (``paper``, ``compact``, ``context`` or a path);
+    ``features`` default: the table's own (a ``jobs:`` map), else the nine Flow-Bench features."""
+    from llmad.data.jobs import job_features
+
+    features = job_features(jobs) if features is None else features
     tpl = get_template(template, "job")
     frame = jobs
     if reads_context(template):

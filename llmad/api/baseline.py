@@ -37,8 +37,8 @@ def run_baseline(data: DataConfig, cfg: BaselineConfig, *, out: str | Path | Non
     feature_columns(cfg.features)
     if split is None:
         split = load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
-                           test_workflow=data.test_workflow, limit=data.limit, context=cfg.features == "context",
-                           causal=cfg.causal)
+                           test_workflow=data.test_workflow, limit=data.limit, columns=data.columns,
+                           context=cfg.features == "context", causal=cfg.causal)
     train, validation, test = (subsample(split.part(p), (limits or {}).get(p) or None, data.seed) for p in PARTS)
     det = BaselineDetector.from_config(cfg)
     hooks.stage(f"fitting {cfg.method} on {len(train)} jobs")

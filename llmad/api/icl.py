@@ -13,7 +13,7 @@ import pandas as pd
 
 from llmad.api.hooks import RunHooks
 from llmad.api.result import RunResult, data_dir_used, predictions_frame
-from llmad.config import option
+from llmad.config import DataConfig, field_help, option
 from llmad.detectors.icl.config import ICLConfig
 from llmad.detectors.icl.detector import ICLDetector
 
@@ -23,6 +23,7 @@ class ICLRun:
     """What ``llmad icl`` needs besides the detector options: data, split, subsampling, output."""
 
     data: str = option("flowbench:1000genome", "dataset spec")
+    columns: str | None = option(None, field_help(DataConfig, "columns"))
     data_dir: str | None = option(None, "data folder (default: found automatically)")
     split: str = option("run", "run | paper | workflow")
     test_workflow: str | None = option(None, "unseen workflow for --split workflow")
@@ -39,7 +40,7 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     ``split``: an already-loaded ``Split`` (else loaded from ``run``); ``lm``: a loaded ``LoadedLM`` to reuse;
     ``printer``: the older spelling of ``hooks.log``. ``details`` holds ``det.info()`` (``icl``) and the fitted
     ``detector``. An ``out`` holding an earlier run is refused before any work unless ``force``."""
-    from llmad.data.flowbench import load_jobs
+    from llmad.data import load_jobs
     from llmad.data.splits import make_split, subsample
     from llmad.metrics.classification import classification_report
     from llmad.rundir import check_out, default_out, quiet_warnings, write_run
@@ -49,7 +50,7 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     out = check_out(run.out or default_out("icl", f"{cfg.model.replace('/', '_')}-{cfg.shots}shot"), force=force)
     if split is None:
         hooks.stage(f"loading {run.data}")
-        jobs = load_jobs(run.data, data_dir=run.data_dir)
+        jobs = load_jobs(run.data, data_dir=run.data_dir, columns=run.columns)
         split = make_split(jobs, kind=run.split, seed=run.seed, test_workflow=run.test_workflow,
                            data_dir=run.data_dir)
     test = subsample(split.test, run.limit, run.seed)

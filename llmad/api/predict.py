@@ -29,9 +29,8 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     """Score the jobs of ``spec`` (or one ``part`` of split kind ``split``) with a saved detector; write
     predictions + metrics (``metrics["report"]`` when the jobs are labelled). An ``out`` holding an earlier run is
     refused before any work unless ``force``."""
-    from llmad.data import load_split
+    from llmad.data import load_jobs, load_split
     from llmad.data.context import add_context_features
-    from llmad.data.flowbench import load_jobs
     from llmad.data.splits import subsample
     from llmad.detectors import load
     from llmad.metrics.classification import classification_report, timed_scoring

@@ -50,8 +50,8 @@ def load_run_split(data: DataConfig, template: str, causal: bool = False) -> Spl
     from llmad.data import load_split
 
     return load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
-                      test_workflow=data.test_workflow, limit=data.limit, context=reads_context(template),
-                      causal=causal)
+                      test_workflow=data.test_workflow, limit=data.limit, columns=data.columns,
+                      context=reads_context(template), causal=causal)
 
 
 def _check_resume(out: Path, cfg: SFTRunConfig) -> None:

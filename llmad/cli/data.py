@@ -20,7 +20,8 @@ def info(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the s
          data_dir: Optional[str] = DataDir,
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Runs, jobs, label and anomaly-type counts, features of a dataset."""
-    from llmad.data.flowbench import load_jobs, summarize
+    from llmad.data import load_jobs
+    from llmad.data.flowbench import summarize
     from llmad.errors import LlmadError
 
     if dataset and data and dataset != data:

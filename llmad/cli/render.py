@@ -38,7 +38,7 @@ def render(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the
 
         check_out(out, kind="file")
     s = load_split(spec, split=split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
-                   context=(template == "context"), causal=causal)
+                   context=(template == "context"), causal=causal, columns=d.columns)
     df = s.part(part)
     if d.limit is not None:  # a seeded sample of the part; without --out, the first 5 jobs are printed
         from llmad.data.splits import subsample

@@ -12,7 +12,7 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options, model_folder
-from llmad.config import DataConfig, merge
+from llmad.config import DataConfig, field_help, merge
 from llmad.rundir import RunOptions
 
 
@@ -59,6 +59,7 @@ def predict(
                                                        " (or the run folder <out>)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="data folder (default: found automatically)"),
+    columns: Optional[str] = typer.Option(None, "--columns", help=field_help(DataConfig, "columns")),
     split: Optional[str] = typer.Option(None, "--split", help="score one part of this split (default: all jobs)"),
     part: str = typer.Option("test", "--part", help="train | validation | test (with --split)"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="unseen workflow for --split workflow"),
@@ -69,11 +70,12 @@ def predict(
     """Score jobs with a saved detector (sft, icl, baseline): predictions.csv, and metrics when labels are present."""
     from llmad.api.predict import run_predict
     from llmad.cli.progress import cli_hooks
+    from llmad.data.specs import with_columns
 
     r = merge(RunOptions(), common)
     model = model_folder(model)
     with cli_hooks(r.quiet) as hooks:
-        res = run_predict(model, data, data_dir=data_dir, split=split, part=part, seed=seed,
+        res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed,
                           test_workflow=test_workflow, limit=limit, out=r.out, quantize=quantize, hooks=hooks,
                           force=r.force)
     typer.echo(res.summary)

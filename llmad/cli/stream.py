@@ -12,6 +12,7 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options, model_folder
+from llmad.config import DataConfig, field_help
 from llmad.rundir import RunOptions
 
 # watch scores with torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that
@@ -27,6 +28,7 @@ def replay(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
     data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="data folder (default: found automatically)"),
+    columns: Optional[str] = typer.Option(None, "--columns", help=field_help(DataConfig, "columns")),
     split: str = typer.Option("run", "--split", help="run | workflow | none (every run of --data)"),
     part: str = typer.Option("test", "--part", help="train | validation | test"),
     test_workflow: Optional[str] = typer.Option(None, "--test-workflow", help="for --split workflow"),
@@ -42,6 +44,7 @@ def replay(
 
     from llmad.api.replay import run_replay
     from llmad.config import merge
+    from llmad.data.specs import with_columns
     from llmad.stream.config import StreamConfig, parse_speed
 
     from llmad.cli.progress import cli_hooks
@@ -51,9 +54,9 @@ def replay(
     # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
     live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
     with cli_hooks(r.quiet, err=True) as hooks:
-        res = run_replay(model_folder(model), data, cfg, split=split, part=part, seed=seed, runs=limit,
-                         val_runs=val_limit, train_runs=train_limit, test_workflow=test_workflow, data_dir=data_dir,
-                         out=r.out, hooks=hooks, on_alert=live, force=r.force)
+        res = run_replay(model_folder(model), with_columns(data, columns), cfg, split=split, part=part, seed=seed,
+                         runs=limit, val_runs=val_limit, train_runs=train_limit, test_workflow=test_workflow,
+                         data_dir=data_dir, out=r.out, hooks=hooks, on_alert=live, force=r.force)
     typer.echo(res.summary)
     typer.echo(f"wrote {res.out_dir}")
 
@@ -67,6 +70,8 @@ def watch(
     alerts: Optional[str] = typer.Option(None, "--alerts", help="append alerts here as JSON lines (default stdout)"),
     state: Optional[str] = typer.Option(None, "--state", help="offset + state file [ALERTS.state.json]"),
     fmt: Optional[str] = typer.Option(None, "--format", help="csv | jsonl [file suffix, else 1st line]"),
+    columns: Optional[str] = typer.Option(None, "--columns", help="column map (YAML) of a feed in your own table's "
+                                                                  "layout (as for jobs:PATH)"),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="keep waiting for appended records"),
     poll: float = typer.Option(0.2, "--poll", help="seconds between polls of the feed"),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="stop after N s without new records"),
@@ -117,8 +122,13 @@ def watch(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    rename = None
+    if columns:
+        from llmad.data.jobs import feed_renamer, load_column_map
+
+        rename = feed_renamer(load_column_map(columns))
     w = Watcher(det, thr, alert=cfg.alert, k=cfg.k, n=cfg.n, fmt=fmt, state_path=state_path, alerts_path=alerts,
-                batch_lines=batch_lines, max_runs=max_runs, checkpoint_s=checkpoint_s)
+                batch_lines=batch_lines, max_runs=max_runs, checkpoint_s=checkpoint_s, rename=rename)
     info = w.run(path, follow=follow, poll_s=poll, idle_exit_s=idle_exit, stop=lambda: stopping["flag"])
     typer.echo(f"llmad watch: {info.get('records', 0)} records, {info.get('alerts', 0)} alerts, "
                f"{info.get('malformed', 0)} malformed, resumed={info['resumed']}", err=True)

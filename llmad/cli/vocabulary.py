@@ -9,10 +9,12 @@ from __future__ import annotations
 # Flags that mean the same thing on every command that has them: flag -> meaning (the README table).
 VOCABULARY: dict[str, str] = {
     "--data": "dataset spec: `flowbench:<workflow>`, `nezha:trainticket`, `smd:<machine>`, `asd:<server>`, "
-              "`csv:PATH` (`data info` and `render` also take it as the first argument)",
+              "`csv:PATH`, your own job table `jobs:PATH` (`data info` and `render` also take it as the first "
+              "argument)",
+    "--columns": "column map (YAML) of a `jobs:PATH` table (default: `PATH.llmad.yaml`, else inferred and printed)",
     "--data-dir": "data folder (default: `$LLMAD_DATA_DIR`, `./data`, the checkout's `data/`, `../shared/data`)",
-    "--split": "how the data is cut into train/validation/test (jobs: `run`, `paper`, `workflow`; "
-               "Nezha: `time`, `fault`)",
+    "--split": "how the data is cut into train/validation/test (jobs: `run`, `paper`, `workflow`; a `jobs:` "
+               "table without run ids: `time`, `row`; Nezha: `time`, `fault`)",
     "--part": "which part is used: `train`, `validation` or `test`",
     "--test-workflow": "the unseen workflow of `--split workflow`",
     "--seed": "seed of the split, of every seeded sample and of training",
@@ -58,6 +60,7 @@ SHORT: dict[str, str] = {"-d": "--data", "-m": "--model", "-t": "--template", "-
 OWN: dict[str, tuple[str, ...]] = {
     "": ("--install-completion", "--show-completion"),
     "data fetch": ("--manifest", "--base-url", "--timeout"),
+    "data import": ("--infer", "--map-out"),
     "baseline": ("--features",),
     "sft": ("--epochs", "--max-length", "--freeze", "--init-from", "--prefix-augment", "--patience", "--eval-steps",
             "--max-time", "--precision", "--class-weight", "--keep-checkpoints"),

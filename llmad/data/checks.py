@@ -98,13 +98,15 @@ def clip_features(x: np.ndarray) -> np.ndarray:
 
 
 def check_jobs(jobs: pd.DataFrame, source: str, files: Sequence[str] | None = None,
-               rows: Sequence[int] | None = None, numeric: Sequence[str] = ()) -> list[LlmadWarning]:
+               rows: Sequence[int] | None = None, numeric: Sequence[str] = (),
+               features: Sequence[str] = PAPER_FEATURES) -> list[LlmadWarning]:
     """Check a loaded job table (one row per job; ``run_id``, ``job_id``, ``label``, ``anomaly_type``).
 
     ``files``/``rows`` give each job's file and 1-based file row for messages (default: ``source``, index + 2).
     Raises DataError for a job id that repeats in its run with a different label; warns ``duplicate-job-id`` for
     repeats that agree, ``missing-column`` for absent sentence features (added as empty), ``huge-value`` for
-    finite values beyond float32 in ``numeric`` (+ the sentence features). Returns the warnings issued.
+    finite values beyond float32 in ``numeric`` (+ the sentence features). ``features``: the sentence features (a
+    ``jobs:`` table's own). Returns the warnings issued.
     """
     out: list[LlmadWarning] = []
     rows_ = list(rows) if rows is not None else [i + 2 for i in range(len(jobs))]
@@ -126,13 +128,13 @@ def check_jobs(jobs: pd.DataFrame, source: str, files: Sequence[str] | None = No
         out.append(warn("duplicate-job-id", f"{source}: {n_ids} job id(s) appear more than once in their run with "
                                             f"the same label (first: {jobs['job_id'].iloc[p]!r}, file {files_[p]}, "
                                             f"row {rows_[p]}); every row is kept"))
-    absent = [c for c in PAPER_FEATURES if c not in jobs.columns]
+    absent = [c for c in features if c not in jobs.columns]
     if absent:
         out.append(warn("missing-column", f"{source}: no column(s) {', '.join(absent)}: left empty (missing) for "
                                           f"every job"))
         for c in absent:
             jobs[c] = np.nan
-    cols = list(dict.fromkeys([*numeric, *PAPER_FEATURES]))
+    cols = list(dict.fromkeys([*numeric, *features]))
     out.extend(huge_values(jobs, cols, source, rows=rows_, files=files_))
     return out
 

@@ -30,8 +30,14 @@ def _peer_median(df: pd.DataFrame, keys: list[str], col: str, causal: bool, orde
 
 
 def add_context_features(jobs: pd.DataFrame, causal: bool = False) -> pd.DataFrame:
-    """Return a copy of ``jobs`` with ``ctx_*`` columns (peer-relative runtime, host slowness, ...)."""
+    """Return a copy of ``jobs`` with ``ctx_*`` columns (peer-relative runtime, host slowness, ...).
+
+    A table without some inputs (a ``jobs:`` table with no CPU time, say) gets NaN for the features that need them.
+    """
     df = jobs.copy()
+    absent = [c for c in ("runtime", "kickstart_executables_cpu_time", "queue_delay", "stage_in_delay")
+              if c not in df.columns]
+    df[absent] = np.nan
     end = df["execute_end"] if "execute_end" in df.columns else pd.Series(np.nan, index=df.index)
     order = end.fillna(df.get("post_script_end", pd.Series(np.nan, index=df.index))).fillna(np.inf)
     grp = ["run_id", "transformation"]

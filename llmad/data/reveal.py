@@ -5,6 +5,8 @@ A field is known at its *reveal time*: a timestamp at itself; a delay once both 
 the host when execution starts; the DAG's static fields (transformation, type) from the start. A peer feature
 (``ctx_*``) is known once the job's own fields it needs are (``CTX_NEEDS``): ``ctx_host_slowness`` summarises the
 host's *other* jobs, so it is known as soon as the host is (``execute_start``), before the job's own runtime.
+A `jobs:` table's numeric features that the map does not tie to timestamps (``attrs["measured"]``) are known
+when the job ends.
 """
 from __future__ import annotations
 
@@ -74,8 +76,12 @@ def reveal_times(jobs: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     ts = timestamp_matrix(jobs)
     start, end = row_nanreduce(ts, np.nanmin), row_nanreduce(ts, np.nanmax)
     out = np.empty((len(jobs), len(columns)))
+    measured = set(jobs.attrs.get("measured", ()))  # a jobs: table's numeric features: trusted at the job's end
     for i, c in enumerate(columns):
         eps = ENDPOINTS.get(c)
+        if eps is None and c in measured:
+            out[:, i] = end
+            continue
         if eps is None:
             out[:, i] = start
             continue
@@ -98,7 +104,7 @@ def make_partial(jobs: pd.DataFrame, as_of: float | Sequence[float] | pd.Series)
         t = np.broadcast_to(np.asarray(as_of, dtype=np.float64), (len(jobs),))
     out = jobs.copy()
     # Static DAG fields (transformation, type, ...) are planned before the run starts: always known.
-    cols = [c for c in out.columns if c in ENDPOINTS]
+    cols = [c for c in out.columns if c in ENDPOINTS or c in jobs.attrs.get("measured", ())]
     r = reveal_times(out, cols)
     for i, c in enumerate(cols):
         hidden = ~(r[:, i] <= t)

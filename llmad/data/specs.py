@@ -10,19 +10,23 @@ from pathlib import Path
 from llmad.errors import DataError, LlmadError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-KNOWN_KINDS = ("flowbench", "nezha", "smd", "asd", "csv")
+KNOWN_KINDS = ("flowbench", "jobs", "nezha", "smd", "asd", "csv")
+JOB_KINDS = ("flowbench", "jobs")  # job records: Flow-Bench archives, or your own table (jobs:<path>)
 SERIES_KINDS = ("nezha", "smd", "asd", "csv")  # metric series (numeric track); flowbench is job records
 
 
 def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
-    """The one dataset-spec parser: ``kind:arg`` -> (kind, arg); an existing path is a Flow-Bench folder or zip.
+    """The one dataset-spec parser: ``kind:arg`` -> (kind, arg); an existing path is a Flow-Bench folder or zip, or
+    a job table (CSV, CSV.gz, Parquet: ``jobs:``).
 
     ``family="jobs"`` or ``"series"`` also requires a kind of that family (a clear error names what fits).
     """
     spec = str(spec)
     if not spec.strip():
         raise LlmadError("empty dataset spec: expected KIND:NAME (e.g. flowbench:1000genome)")
-    if Path(spec).exists():
+    if Path(spec).is_file() and spec.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
+        kind, arg = "jobs", spec  # a table file: your own jobs (jobs:<path>)
+    elif Path(spec).exists():
         kind, arg = "flowbench", spec
     elif ":" in spec and spec.split(":", 1)[0] in KNOWN_KINDS:
         kind, arg = spec.split(":", 1)
@@ -32,13 +36,13 @@ def parse_spec(spec: str, family: str | None = None) -> tuple[str, str]:
     else:
         raise LlmadError(f"dataset spec {spec!r}: expected KIND:NAME with KIND one of {', '.join(KNOWN_KINDS)} "
                          f"(e.g. flowbench:1000genome)")
-    if not arg.strip() and kind in ("flowbench", "nezha", "csv"):
+    if not arg.strip() and kind in ("flowbench", "jobs", "nezha", "csv"):
         # An empty path is the current folder: never read it (recursively) by accident.
         raise LlmadError(f"dataset spec {spec!r} has no name: expected {kind}:<name or path>")
     if family == "series" and kind not in SERIES_KINDS:
         raise LlmadError(f"numeric dataset kind {kind!r}: expected nezha, smd, asd or csv")
-    if family == "jobs" and kind != "flowbench":
-        raise LlmadError(f"this command needs Flow-Bench job data (flowbench:<workflow>), got {spec!r}")
+    if family == "jobs" and kind not in JOB_KINDS:
+        raise LlmadError(f"this command needs job data (flowbench:<workflow> or jobs:<table>), got {spec!r}")
     return kind, arg
 
 
@@ -47,8 +51,23 @@ def spec_family(spec: str) -> str:
     return "series" if str(spec).split(":", 1)[0] in SERIES_KINDS else "jobs"
 
 
+def with_columns(spec: str, columns: str | None) -> str:
+    """``jobs:<path>`` with its column map: ``jobs:<path>?columns=<map.yaml>`` (other specs unchanged).
+
+    The map travels inside the spec so that every function taking a spec string (replay, harness) reads the same
+    table the same way."""
+    if not columns:
+        return spec
+    kind, arg = parse_spec(spec)
+    if kind != "jobs":
+        raise LlmadError(f"--columns {columns}: a column map applies to jobs:<table> specs only, got {spec!r}")
+    return f"jobs:{arg.partition('?columns=')[0]}?columns={columns}"
+
+
 def spec_name(spec: str) -> str:
     """A folder-safe name for a spec (``flowbench:a,b`` -> ``a+b``), used in default output folders."""
+    if str(spec).startswith("jobs:"):  # a table path: its file name, without the column map
+        return Path(str(spec)[5:].partition("?columns=")[0]).name.split(".")[0] or "jobs"
     return str(spec).split(":", 1)[-1].replace(",", "+").replace("/", "_")
 
 

@@ -16,12 +16,16 @@ from llmad.data.flowbench import PAPER_FEATURES
 from llmad.data.paper import paper_sentences, parse_paper_sentence, published_rows
 from llmad.errors import DataError, LlmadError
 
-SPLIT_KINDS = ("run", "paper", "workflow")
+SPLIT_KINDS = ("run", "paper", "workflow", "time", "row")
 DESCRIPTIONS = {
     "run": "run split: whole DAG runs in train/validation/test (70/15/15), stratified by the run's anomaly type",
     "paper": "the paper's job-level split (LLM_AD, Jin et al. SC'24): published validation/test rows, train = the "
              "rest; jobs of one run appear in several parts, so it is optimistic",
     "workflow": "leave-one-workflow-out split: train/validation on other workflows, test on an unseen workflow",
+    "time": "time split (the table has no run ids): jobs ordered by their first timestamp, the earliest 70% train, "
+            "the next 15% validation, the latest 15% test",
+    "row": "row split (the table has no run ids or timestamps): jobs shuffled into train/validation/test "
+           "(70/15/15, seeded, stratified by label); jobs of one run may land in several parts, so it is optimistic",
 }
 
 
@@ -119,6 +123,29 @@ def workflow_split(jobs: pd.DataFrame, test_workflow: str, seed: int = 0) -> Spl
     return Split(train, val, test, "workflow", DESCRIPTIONS["workflow"], info)
 
 
+def time_split(jobs: pd.DataFrame) -> Split:
+    """The earliest 70% of jobs (by their first timestamp, then row order) train, next 15% validation, last 15%
+    test."""
+    from llmad.data.reveal import row_nanreduce, timestamp_matrix
+
+    first = row_nanreduce(timestamp_matrix(jobs), np.nanmin)
+    order = np.lexsort((np.arange(len(jobs)), np.where(np.isfinite(first), first, np.inf)))
+    a, b = int(round(0.7 * len(jobs))), int(round(0.85 * len(jobs)))
+    parts = [jobs.iloc[np.sort(i)].reset_index(drop=True) for i in (order[:a], order[a:b], order[b:])]
+    info = {"ordered_by": "first timestamp", "unmatched_timestamps": int((~np.isfinite(first)).sum())}
+    return Split(*parts, "time", DESCRIPTIONS["time"], info)
+
+
+def row_split(jobs: pd.DataFrame, seed: int = 0) -> Split:
+    """Rows shuffled into 70/15/15 (seeded, stratified by label)."""
+    ids = np.arange(len(jobs))
+    y = jobs["label"].to_numpy()
+    rest, test = _split_ids(ids, y, 0.15, seed)
+    train, val = _split_ids(rest, y[rest], 0.15 / 0.85, seed)
+    parts = [jobs.iloc[np.sort(i)].reset_index(drop=True) for i in (train, val, test)]
+    return Split(*parts, "row", DESCRIPTIONS["row"], {"seed": seed})
+
+
 def paper_split(jobs: pd.DataFrame, data_dir: str | Path | None = None) -> Split:
     """Validation/test = the published LLM_AD rows; train = the multiset remainder of the jobs."""
     wfs = jobs["workflow"].unique()
@@ -165,9 +192,16 @@ def paper_split(jobs: pd.DataFrame, data_dir: str | Path | None = None) -> Split
 
 def make_split(jobs: pd.DataFrame, kind: str = "run", seed: int = 0, test_workflow: str | None = None,
                data_dir: str | Path | None = None, limit: int | None = None) -> Split:
-    """Build a split by kind (run | paper | workflow); ``limit`` subsamples each part (seeded) for quick runs."""
+    """Build a split by kind (run | paper | workflow | time | row); ``limit`` subsamples each part (seeded) for quick
+    runs."""
+    if kind == "run" and jobs.attrs.get("split_unit") in ("time", "row"):
+        kind = jobs.attrs["split_unit"]  # a table without run ids: by time, else by row (named as such)
     if kind == "run":
         split = run_split(jobs, seed=seed)
+    elif kind == "time":
+        split = time_split(jobs)
+    elif kind == "row":
+        split = row_split(jobs, seed=seed)
     elif kind == "paper":
         split = paper_split(jobs, data_dir=data_dir)
     elif kind == "workflow":

@@ -22,6 +22,7 @@ from llmad.config import option
 from llmad.data.checks import clip_features
 from llmad.data.context import CONTEXT_FEATURES, add_context_features
 from llmad.data.flowbench import PAPER_FEATURES
+from llmad.data.jobs import job_features, numeric_matrix
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.errors import LlmadError
 
@@ -63,21 +64,23 @@ def make_estimator(method: str, *, n_estimators: int = 300, seed: int = 0, n_job
     raise LlmadError(f"unknown estimator {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def feature_columns(features: str) -> list[str]:
-    """Column names of a feature set."""
+def feature_columns(features: str, base: list[str] | None = None) -> list[str]:
+    """Column names of a feature set; ``base``: the table's own features (a ``jobs:`` map) instead of the nine."""
+    base = list(base) if base else list(PAPER_FEATURES)
     if features == "plain":
-        return list(PAPER_FEATURES)
+        return base
     if features == "context":
-        return list(PAPER_FEATURES) + CONTEXT_FEATURES
+        return base + CONTEXT_FEATURES
     raise LlmadError(f"unknown feature set {features!r}; expected plain or context")
 
 
-def feature_matrix(jobs: pd.DataFrame, features: str = "plain", causal: bool = False) -> np.ndarray:
-    """The numeric matrix of a feature set (context columns computed when missing)."""
-    cols = feature_columns(features)
+def feature_matrix(jobs: pd.DataFrame, features: str = "plain", causal: bool = False,
+                   base: list[str] | None = None) -> np.ndarray:
+    """The numeric matrix of a feature set (context columns computed when missing; categories coded)."""
+    cols = feature_columns(features, base)
     if features == "context" and not all(c in jobs.columns for c in CONTEXT_FEATURES):
         jobs = add_context_features(jobs, causal=causal)
-    return jobs[cols].to_numpy(dtype=np.float64)
+    return numeric_matrix(jobs, cols)
 
 
 class BaselineDetector(Detector):
@@ -86,9 +89,11 @@ class BaselineDetector(Detector):
     kind = "baseline"
 
     def __init__(self, method: str = "rf", features: str = "plain", causal: bool = False, seed: int = 0,
-                 n_estimators: int = 300):
+                 n_estimators: int = 300, columns: list[str] | None = None):
         self.method, self.features, self.causal, self.seed, self.n_estimators = (
             method, features, causal, seed, n_estimators)
+        # The table's own feature columns (a jobs: map), learned at fit and saved; None: the nine Flow-Bench ones.
+        self.columns = list(columns) if columns else None
         self.name = f"{method}-{features}"
 
     @classmethod
@@ -106,16 +111,26 @@ class BaselineDetector(Detector):
         scale = [StandardScaler()] if self.method == "knn" else []
         return make_pipeline(SimpleImputer(strategy="constant", fill_value=-1.0), *scale, est)
 
+    def input_columns(self) -> list[str]:
+        """The columns the score depends on (the replay reveals exactly these)."""
+        return feature_columns(self.features, self.columns)
+
     def _x(self, jobs: pd.DataFrame) -> np.ndarray:
         # sklearn casts to float32: finite values beyond its range are clipped (the loader warned huge-value),
         # inf means missing.
-        x = clip_features(feature_matrix(jobs, self.features, self.causal))
+        x = clip_features(feature_matrix(jobs, self.features, self.causal, self.columns))
         return np.where(np.isinf(x), np.nan, x)
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "BaselineDetector":
         """Fit on train (labels unused by iforest); threshold on validation."""
         self.model_ = self._model()
+        if self.columns is None and train.attrs.get("features"):
+            self.columns = job_features(train)
         x = self._x(train)
+        if self.method == "hgb" and len(x):
+            # sklearn's binning fails on a column with no value at all (a jobs: table without CPU times, say):
+            # one 0 makes it a constant, uninformative column.
+            x[0, np.isnan(x).all(axis=0)] = 0.0
         if self.method == "iforest":
             self.model_.fit(x)
         else:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from llmad.config import DataConfig, from_dict
+from llmad.data.specs import with_columns
 from llmad.errors import LlmadError
 from llmad.harness.recipe import ENTRY_SWEEPABLE, MethodEntry, Recipe, config_class, config_for_class
 
@@ -111,7 +112,8 @@ def plan(recipe: Recipe) -> list[RunSpec]:
                         data = {"spec": d.spec, "split": conf.get("split", "time"), "data_dir": d.data_dir,
                                 "test_types": d.test_types}
                     else:
-                        data = asdict(DataConfig(spec=d.spec, data_dir=d.data_dir, split=d.split or "run",
+                        data = asdict(DataConfig(spec=with_columns(d.spec, d.columns), data_dir=d.data_dir,
+                                                 split=d.split or "run",
                                                  seed=seed, test_workflow=d.test_workflow, limit=d.limit))
                     built = from_dict(cls, config_for_class(m.method, conf), where=f"method {m.name}")
                     resolved = asdict(built)

@@ -35,6 +35,7 @@ class DatasetEntry:
     test_workflow: str | None = None  # jobs, split=workflow
     test_types: list[str] | None = None  # nezha, split=fault
     limit: int | None = None  # jobs: seeded subsample of every part (quick runs; stated in the table)
+    columns: str | None = None  # jobs:<table>: its column map (YAML) [<table>.llmad.yaml, else inferred]
 
     @property
     def family(self) -> str:

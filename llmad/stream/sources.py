@@ -4,6 +4,7 @@ Memory does not grow with the stream: ``split_run_ids`` reads only labels, ``ite
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,10 +23,30 @@ def _specs(spec: str) -> list[str]:
     return [a.strip() for a in arg.split(",") if a.strip()]
 
 
+@lru_cache(maxsize=1)  # a replay lists, splits and iterates the same table several times: read it once
+def table_runs(spec: str) -> list[tuple[str, str, Callable[[], pd.DataFrame], str]]:
+    """The runs of a ``jobs:`` table (read whole: it is the user's own table), each reader returning its frame."""
+    from llmad.data import load_jobs
+    from llmad.data.flowbench import TIMESTAMPS
+
+    jobs = load_jobs(spec)
+    if jobs.attrs.get("split_unit") != "run":
+        raise LlmadError(f"{spec}: a replay needs run ids; map the table's run/DAG id column (run: <column>)")
+    stamps = [c for c in TIMESTAMPS if c in jobs.columns]
+    if not stamps or not jobs[stamps].notna().any().any():
+        raise LlmadError(f"{spec}: a replay needs event timestamps; map some under timestamps: (e.g. submit, "
+                         f"execute_start, execute_end)")
+    wf = str(jobs["workflow"].iloc[0])
+    return [(str(rid), f"{spec}#{rid}", (lambda g=g: g), wf) for rid, g in jobs.groupby("run_id", sort=False)]
+
+
 def list_run_members(spec: str, data_dir: str | Path | None = None) -> list[tuple[str, str, Callable[[], bytes], str]]:
-    """(run_id, member name, reader, workflow) for every run of a spec, without parsing any run."""
+    """(run_id, member name, reader, workflow) for every run of a spec, without parsing any run (a ``jobs:``
+    table's readers return parsed frames)."""
     from llmad.data.flowbench import RUN_RE, archive_members, flowbench_source
 
+    if str(spec).startswith("jobs:"):
+        return table_runs(spec)
     out = []
     for arg in _specs(spec):
         src = flowbench_source(arg, data_dir)
@@ -45,7 +66,8 @@ def iter_runs(spec: str, data_dir: str | Path | None = None, run_ids: Sequence[s
     for rid, name, read, wf in list_run_members(spec, data_dir):
         if wanted is not None and rid not in wanted:
             continue
-        yield read_run_csv(read(), name, workflow=wf)
+        raw = read()
+        yield raw.reset_index(drop=True) if isinstance(raw, pd.DataFrame) else read_run_csv(raw, name, workflow=wf)
 
 
 def _light_run(run_id: str, name: str, read: Callable[[], bytes], workflow: str) -> pd.DataFrame:
@@ -54,8 +76,11 @@ def _light_run(run_id: str, name: str, read: Callable[[], bytes], workflow: str)
 
     from llmad.data.flowbench import NORMAL_TOKENS
 
+    raw = read()
+    if isinstance(raw, pd.DataFrame):  # a jobs: table's run, already parsed
+        return raw[["workflow", "run_id", "label", "anomaly_type"]]
     try:
-        df = pd.read_csv(io.BytesIO(read()), usecols=lambda c: c == "anomaly_type", dtype=str, keep_default_na=True)
+        df = pd.read_csv(io.BytesIO(raw), usecols=lambda c: c == "anomaly_type", dtype=str, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
         raise DataError(f"malformed CSV ({e})", file=name) from None
     if "anomaly_type" not in df.columns:

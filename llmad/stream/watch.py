@@ -109,8 +109,10 @@ class Watcher:
     def __init__(self, detector: Any, threshold: float, *, alert: str = "threshold", k: int = 2, n: int = 3,
                  fmt: str | None = None, state_path: str | Path | None = None, alerts_path: str | Path | None = None,
                  batch_lines: int = 2000, max_runs: int = 64, log: Callable[[str], None] | None = None,
-                 cache_size: int = 200_000, checkpoint_s: float = 1.0, max_bad_run: int = 100):
+                 cache_size: int = 200_000, checkpoint_s: float = 1.0, max_bad_run: int = 100,
+                 rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
         self.detector = detector
+        self.rename = rename  # a jobs: column map's renaming (llmad.data.jobs.feed_renamer), applied per record
         self.max_bad_run = max_bad_run  # this many malformed lines in a row: the feed is not in this format
         self.bad_run = 0
         self.source = "feed"
@@ -233,6 +235,8 @@ class Watcher:
                 self._bad(lineno, "a JSON record must be an object", line)
                 return None
             rec = {str(k): v for k, v in rec.items() if v is not None and v != ""}
+        if self.rename is not None:
+            rec = self.rename(rec)
         if "job_id" not in rec and "" in rec:
             rec["job_id"] = rec.pop("")
         if "job_id" not in rec:

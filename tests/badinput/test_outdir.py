@@ -42,6 +42,8 @@ def _file_commands(model: Path) -> dict[str, tuple[list[str], str]]:
         "windows-text": (["windows-text", "--limit", "2"], "--out"),
         "watch-alerts": (["watch", "feed.csv", "-m", str(model), "--no-follow"], "--alerts"),
         "watch-state": (["watch", "feed.csv", "-m", str(model), "--no-follow"], "--state"),
+        "data-import": (["data", "import", "table.csv"], "--out"),
+        "data-import-map": (["data", "import", "table.csv", "--infer"], "--map-out"),
     }
 
 

@@ -57,17 +57,17 @@ COMMAND_ONLY = {
     "sft": {"config"},
     "icl": set(),
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "train_limit",
-               "val_limit"},
-    "predict": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "quantize"},
+               "val_limit", "columns"},
+    "predict": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "quantize", "columns"},
     "compare": {"recipe", "resume", "set_"},
     "pretrain moment": {"data", "seq_len", "d_model", "layers", "heads", "steps", "batch_size", "lr", "mask_ratio",
                         "max_windows", "seed", "data_dir"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
-              "checkpoint_s"},
+              "checkpoint_s", "columns"},
     "numeric": set(),
 }
 # Commands without a config class: all their options are their own.
-NO_CONFIG = {"windows-text", "data info", "data list", "data fetch"}
+NO_CONFIG = {"windows-text", "data info", "data list", "data fetch", "data import"}
 
 # Every flag of every command before options were generated (flags must keep their names and short forms; a flag
 # renamed on purpose keeps working as a deprecated alias, llmad.cli.vocabulary.DEPRECATED).

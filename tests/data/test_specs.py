@@ -11,7 +11,7 @@ def test_parse_spec_kinds_paths_and_families(tiny_zip):
     assert parse_spec(str(tiny_zip), family="jobs") == ("flowbench", str(tiny_zip))
     with pytest.raises(LlmadError, match="numeric dataset kind 'flowbench'"):
         parse_spec("flowbench:montage", family="series")
-    with pytest.raises(LlmadError, match="Flow-Bench job data"):
+    with pytest.raises(LlmadError, match="needs job data"):
         parse_spec("nezha:trainticket", family="jobs")
     with pytest.raises(LlmadError, match="expected KIND:NAME"):
         parse_spec("nosuch:thing")

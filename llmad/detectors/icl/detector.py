@@ -65,9 +65,10 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
     # ------------------------------------------------------------ model and texts
     @property
     def features(self) -> list[str]:
+        """Numeric job features for demonstration statistics and nearest neighbours (a jobs: table's own ones)."""
         from llmad.data.flowbench import PAPER_FEATURES
 
-        return list(PAPER_FEATURES)
+        return list(getattr(self, "_features", None) or PAPER_FEATURES)
 
     def load_model(self, lm: Any = None) -> Any:
         """Load (or take) the decoder; a LoadedLM may be passed in (tests build tiny models)."""
@@ -100,6 +101,8 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
         if "label" not in train:
             raise LlmadError("the train part has no 'label' column")
         self.load_model(lm)
+        feats = train.attrs.get("features")
+        self._features = [f for f in feats if pd.api.types.is_numeric_dtype(train[f])] if feats else None
         self._prefix_cache = {}
         self._variants = None
         self.label_variants()  # fails early on unusable label words; counts odd tokenizations

@@ -57,7 +57,20 @@ class SFTDetector(Detector):
         """Job sentences under this detector's template."""
         from llmad.render import render_jobs
 
-        return render_jobs(jobs, self.template_ref(), causal=self.config.causal)
+        # A jobs: table's own feature columns (learned at fit, saved): frames rebuilt by a replay carry no attrs.
+        return render_jobs(jobs, self.template_ref(), causal=self.config.causal,
+                           features=getattr(self, "features_", None))
+
+    def input_columns(self) -> list[str] | None:
+        """Columns a built-in template reads for a jobs: table's own features (None: the stream's default)."""
+        from llmad.data.context import CONTEXT_FEATURES
+
+        feats = getattr(self, "features_", None)
+        if not feats or getattr(self, "_template_path", None) is not None:
+            return None
+        if self.config.template in ("paper", "compact"):
+            return list(feats)
+        return list(feats) + list(CONTEXT_FEATURES) + ["transformation"] if self.config.template == "context" else None
 
     def template_ref(self) -> str:
         """The template this detector renders with: the copy saved with the model, else the configured name/path."""
@@ -93,6 +106,7 @@ class SFTDetector(Detector):
         t_start = time.perf_counter()
 
         model, self.tokenizer_, location, freeze_info = prepare_model(cfg)
+        self.features_ = train.attrs.get("features")
         tr, self.prefix_kind_ = training_rows(train, cfg)
         t0 = time.perf_counter()
         if cfg.max_length is None:
@@ -210,7 +224,7 @@ class SFTDetector(Detector):
                     "threshold": self.threshold_, "max_length": self.config.max_length,
                     "eval_batch_size": self.config.eval_batch_size, "base_model": self.config.model,
                     "lora": self.config.lora, "label_names": list(LABEL_NAMES),
-                    "config": asdict(self.config),
+                    "config": asdict(self.config), "features": getattr(self, "features_", None),
                     "train_info": {k: v for k, v in getattr(self, "train_info_", {}).items() if k != "log_history"}}
             write_detector_json(tmp, self.kind, meta)
 
@@ -233,6 +247,7 @@ class SFTDetector(Detector):
         det.model_, det.tokenizer_ = load_model_dir(p, trust_remote_code=cfg.trust_remote_code)
         det.device_ = device or pick_device_dtype()[0]
         det.threshold_ = meta["threshold"]
+        det.features_ = meta.get("features")
         det.adapter_ = None
         det.train_info_ = meta.get("train_info", {})
         det.paused_ = False
