@@ -29,7 +29,7 @@ from llmad.data.specs import parse_spec
 from llmad.data.splits import subsample
 from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, warn
 from llmad.interrupts import note_run
 
 METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb")
@@ -253,7 +253,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
         else None
     if warning:
-        hooks.log(warning)
+        warn("thin-validation", warning)
     hooks.stage(f"scoring {len(test_ws)} test windows")
     t0 = time.perf_counter()
     test_scores = det.score_points(test_ws)
@@ -273,7 +273,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         "test": rep,
         "validation": {k: val_rep[k] for k in ("f1", "precision", "recall", "pr_auc", "roc_auc")},
         "threshold": threshold, "threshold_rule": cfg.threshold, "threshold_source": source,
-        "warnings": [warning] if warning else [],
+        "warnings": [f"warning [thin-validation]: {warning}"] if warning else [],
         "timing": {"fit_seconds": fit_s, "score_seconds": score_s,
                    "test_windows": int(len(test_ws)),
                    "windows_per_second": len(test_ws) / score_s if score_s > 0 else float("nan"),

@@ -19,7 +19,7 @@ import pandas as pd
 from llmad.data.flowbench import NUMERIC, TIMESTAMPS
 from llmad.data.reveal import (CTX_INPUTS, DERIVED_DELAYS, LABEL_COLUMNS, NAN, PHASE_INDEX, reveal_times,
                                timestamp_matrix)
-from llmad.errors import DataError, LlmadError
+from llmad.errors import DataError, LlmadError, warn
 from llmad.io import atomic_write_text
 from llmad.stream.alerts import AlertPolicy
 from llmad.stream.context import PeerContext, detector_inputs, detector_uses_context, is_known
@@ -267,9 +267,9 @@ class Watcher:
         self.bad_run += 1
         n = self.counts["malformed"]
         if n <= SHOWN_MALFORMED:
-            self.log(f"llmad watch: warning [malformed-line]: line {lineno}: {msg}; record skipped")
+            warn("malformed-line", f"{self.source}, line {lineno}: {msg}; record skipped")
         elif n == SHOWN_MALFORMED + 1:
-            self.log("llmad watch: warning [malformed-line]: more malformed lines; counted, not shown")
+            warn("malformed-line", f"{self.source}: more malformed lines; counted, not shown")
         if self.bad_run >= self.max_bad_run:
             self._forget_empty_state()
             raise LlmadError(

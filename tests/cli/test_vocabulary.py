@@ -60,14 +60,17 @@ VALUES = {"--int8": True}
 
 
 @pytest.mark.parametrize("path, old", [(p, o) for p in sorted(DEPRECATED) for o in sorted(DEPRECATED[p])])
-def test_deprecated_spelling_still_works(path, old, capsys):
+def test_deprecated_spelling_still_works(path, old):
+    from llmad.errors import LlmadWarning
+
     new = DEPRECATED[path][old]
     value = VALUES.get(old, 7)
     args = [*REQUIRED.get(path, []), old] + ([] if value is True else [f"{value}"])
-    ctx = COMMANDS[path].make_context(path.split()[-1], args, parent=context(path))
+    with pytest.warns(LlmadWarning, match=f"{old} is now {new}$") as caught:
+        ctx = COMMANDS[path].make_context(path.split()[-1], args, parent=context(path))
     param = next(p for p in options(path) if new in p.opts)
     assert ctx.params[param.name] == value
-    assert f"warning [deprecated-flag]: {old} is now {new}" in capsys.readouterr().err
+    assert [w.message.name for w in caught] == ["deprecated-flag"]
 
 
 def test_deprecated_flag_with_equals_and_after_double_dash():
