@@ -30,7 +30,7 @@ class RunOptions:
     """Where a command writes its run folder and how much it says: the options every such command shares."""
 
     out: str | None = option(None, "output folder [runs/<command>/<name>-<time>]", flag="--out -o")
-    quiet: bool = option(False, "no progress bars or log lines (sft: library warnings go to <out>/warnings.log)",
+    quiet: bool = option(False, "no progress bars or log lines (library warnings go to <out>/warnings.log)",
                          flag="--quiet -q")
     force: bool = option(False, "replace the earlier run an existing --out holds (it is cleared first)",
                          flag="--force")
@@ -138,6 +138,8 @@ def quiet_warnings(out: str | Path | None, quiet: bool) -> Iterator[None]:
     fh = open(log, "a") if log is not None else open(os.devnull, "w")
     handler = logging.StreamHandler(fh)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    # First: importing transformers (to turn its bars off) gives its logger its own stderr handler, replaced below.
+    bars = _hf_progress_bars(False)
     names = ("", "transformers", "torch", "accelerate", "peft", "datasets", "huggingface_hub")
     saved = {}
     for n in names:
@@ -154,7 +156,6 @@ def quiet_warnings(out: str | Path | None, quiet: bool) -> Iterator[None]:
             fh.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     warnings.showwarning = show
-    bars = _hf_progress_bars(False)
     try:
         yield
     finally:

@@ -26,7 +26,7 @@ def run_baseline(data: DataConfig, cfg: BaselineConfig, *, out: str | Path | Non
     from llmad.data import load_split
     from llmad.data.splits import subsample
     from llmad.metrics.classification import classification_report, timed_scoring
-    from llmad.rundir import Timer, check_out, default_out, write_run
+    from llmad.rundir import Timer, check_out, default_out, quiet_warnings, write_run
 
     hooks = RunHooks.of(hooks)
     name = spec_name(data.spec)
@@ -35,17 +35,18 @@ def run_baseline(data: DataConfig, cfg: BaselineConfig, *, out: str | Path | Non
     if cfg.method not in METHODS:
         raise LlmadError(f"unknown baseline method {cfg.method!r}; expected one of {', '.join(METHODS)}")
     feature_columns(cfg.features)
-    if split is None:
-        split = load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
-                           test_workflow=data.test_workflow, limit=data.limit, columns=data.columns,
-                           context=cfg.features == "context", causal=cfg.causal)
-    train, validation, test = (subsample(split.part(p), (limits or {}).get(p) or None, data.seed) for p in PARTS)
-    det = BaselineDetector.from_config(cfg)
-    hooks.stage(f"fitting {cfg.method} on {len(train)} jobs")
-    with Timer() as t:
-        det.fit(train, validation)
-    hooks.stage(f"scoring {len(test)} test jobs")
-    scores, ms = timed_scoring(det.score, test)
+    with quiet_warnings(out_dir, hooks.quiet):
+        if split is None:
+            split = load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
+                               test_workflow=data.test_workflow, limit=data.limit, columns=data.columns,
+                               context=cfg.features == "context", causal=cfg.causal)
+        train, validation, test = (subsample(split.part(p), (limits or {}).get(p) or None, data.seed) for p in PARTS)
+        det = BaselineDetector.from_config(cfg)
+        hooks.stage(f"fitting {cfg.method} on {len(train)} jobs")
+        with Timer() as t:
+            det.fit(train, validation)
+        hooks.stage(f"scoring {len(test)} test jobs")
+        scores, ms = timed_scoring(det.score, test)
     metrics = classification_report(test["label"], scores, threshold=det.threshold_,
                                      anomaly_types=test["anomaly_type"])
     metrics.update(method=det.name, split=split.kind, split_description=split.description,

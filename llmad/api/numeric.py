@@ -219,7 +219,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     metrics.json content; ``summary`` the line the CLI prints.
     """
     from llmad.metrics.timeseries import parse_threshold_rule, ts_report, validation_warning
-    from llmad.rundir import check_out, peak_rss_mb
+    from llmad.rundir import check_out, peak_rss_mb, quiet_warnings
 
     hooks = RunHooks.of(hooks)
     out_dir = check_out(cfg.out, force=force) if cfg.out else None
@@ -229,35 +229,36 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     if cfg.shots is not None and cfg.shots < 0:
         raise LlmadError("--shots must be >= 0")
     t_start = time.perf_counter()
-    if split is None:
-        hooks.stage(f"loading {cfg.data}")
-        split = load_split(cfg)
-    window = resolve_window(cfg)
-    stride = cfg.stride or max(1, window // 4)
-    scaler = ZScore().fit(split.train)
-    train_ws, calib_series, sel = select_training(cfg, split, scaler, window)
-    val_ws = make_windows(calib_series, scaler, window, stride, part="validation")
-    test_ws = make_windows(split.test, scaler, window, stride, part="test")
-    if val_ws.point_labels().sum() == 0:
-        raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
-                         "(choose another split or more validation data)")
-    if out_dir is not None:
-        note_run(out_dir)
-    det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
-    hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
-    t0 = time.perf_counter()
-    det.fit(train_ws, None)
-    fit_s = time.perf_counter() - t0
-    val_scores = det.score_points(val_ws)
-    det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
-    warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
-        else None
-    if warning:
-        warn("thin-validation", warning)
-    hooks.stage(f"scoring {len(test_ws)} test windows")
-    t0 = time.perf_counter()
-    test_scores = det.score_points(test_ws)
-    score_s = time.perf_counter() - t0
+    with quiet_warnings(out_dir, hooks.quiet):
+        if split is None:
+            hooks.stage(f"loading {cfg.data}")
+            split = load_split(cfg)
+        window = resolve_window(cfg)
+        stride = cfg.stride or max(1, window // 4)
+        scaler = ZScore().fit(split.train)
+        train_ws, calib_series, sel = select_training(cfg, split, scaler, window)
+        val_ws = make_windows(calib_series, scaler, window, stride, part="validation")
+        test_ws = make_windows(split.test, scaler, window, stride, part="test")
+        if val_ws.point_labels().sum() == 0:
+            raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
+                             "(choose another split or more validation data)")
+        if out_dir is not None:
+            note_run(out_dir)
+        det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
+        hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
+        t0 = time.perf_counter()
+        det.fit(train_ws, None)
+        fit_s = time.perf_counter() - t0
+        val_scores = det.score_points(val_ws)
+        det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
+        warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
+            else None
+        if warning:
+            warn("thin-validation", warning)
+        hooks.stage(f"scoring {len(test_ws)} test windows")
+        t0 = time.perf_counter()
+        test_scores = det.score_points(test_ws)
+        score_s = time.perf_counter() - t0
     y = test_ws.point_labels()
     ev, types = test_ws.point_events()
     kind, _ = parse_spec(cfg.data, family="series")

@@ -35,31 +35,32 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     from llmad.detectors import load
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.render import reads_context
-    from llmad.rundir import check_out, default_out, peak_rss_mb, write_run
+    from llmad.rundir import check_out, default_out, peak_rss_mb, quiet_warnings, write_run
 
     hooks = RunHooks.of(hooks, printer)
     out = check_out(out or default_out("predict", spec_name(spec)), force=force)
-    det = load(model_dir, **({"quantize": True} if quantize else {}))
-    kind = getattr(det, "kind", type(det).__name__)
-    if getattr(det, "data_kind", "jobs") != "jobs":
-        raise LlmadError(f"{model_dir}: a {kind} detector scores metric windows, not jobs; use llmad numeric")
-    template, causal = job_template(det)
-    context = bool(template) and reads_context(template)
-    hooks.stage("loading data")
-    if split:
-        data = DataConfig(spec=spec, data_dir=data_dir, split=split, seed=seed, test_workflow=test_workflow,
-                          limit=limit)
-        jobs = load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
-                          test_workflow=data.test_workflow, limit=data.limit, context=context,
-                          causal=causal).part(part)
-    else:
-        jobs = load_jobs(spec, data_dir)
-        if limit and len(jobs) > limit:
-            jobs = subsample(jobs, limit, seed)
-        if context:
-            jobs = add_context_features(jobs, causal=causal)
-    hooks.stage(f"scoring {len(jobs)} jobs")
-    scores, ms = timed_scoring(det.score, jobs)
+    with quiet_warnings(out, hooks.quiet):
+        det = load(model_dir, **({"quantize": True} if quantize else {}))
+        kind = getattr(det, "kind", type(det).__name__)
+        if getattr(det, "data_kind", "jobs") != "jobs":
+            raise LlmadError(f"{model_dir}: a {kind} detector scores metric windows, not jobs; use llmad numeric")
+        template, causal = job_template(det)
+        context = bool(template) and reads_context(template)
+        hooks.stage("loading data")
+        if split:
+            data = DataConfig(spec=spec, data_dir=data_dir, split=split, seed=seed, test_workflow=test_workflow,
+                              limit=limit)
+            jobs = load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
+                              test_workflow=data.test_workflow, limit=data.limit, context=context,
+                              causal=causal).part(part)
+        else:
+            jobs = load_jobs(spec, data_dir)
+            if limit and len(jobs) > limit:
+                jobs = subsample(jobs, limit, seed)
+            if context:
+                jobs = add_context_features(jobs, causal=causal)
+        hooks.stage(f"scoring {len(jobs)} jobs")
+        scores, ms = timed_scoring(det.score, jobs)
     thr = float(det.threshold_)
     metrics = {"method": kind, "model_dir": str(model_dir), "data": spec, "split": split,
                "part": part if split else None,

@@ -144,7 +144,7 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
     ``force``.
     """
     from llmad.io import write_frame_csv
-    from llmad.rundir import check_out, default_out, write_run
+    from llmad.rundir import check_out, default_out, quiet_warnings, write_run
 
     hooks = hooks or QUIET
     cfg.check()
@@ -152,32 +152,33 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
         raise LlmadError(f"--model {model}: {NO_MODEL}")
     name = Path(model).name if not model.startswith("baseline:") else model.replace(":", "-")
     out_dir = check_out(out or default_out("replay", name), force=force)
-    if split == "none":
-        ids = None
-        members = [m[0] for m in list_run_members(data, data_dir)]
-        chosen = subsample(sorted(members), runs, seed)
-    else:
-        ids = split_run_ids(data, split, seed, data_dir, test_workflow)
-        if part not in ids:
-            raise LlmadError(f"--part {part!r}: expected train, validation or test")
-        chosen = subsample(ids[part], runs, seed)
-    if not chosen:
-        raise LlmadError("no runs to replay")
-    det = detector if detector is not None else open_detector(
-        model, data=data, ids=ids, data_dir=data_dir, train_runs=train_runs, seed=seed, quantize=cfg.quantize,
-        backend=cfg.backend, workers=cfg.workers)
-    thr = _threshold(det, cfg, ids, data, data_dir, val_runs, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    note_run(out_dir)
+    with quiet_warnings(out_dir, hooks.quiet):
+        if split == "none":
+            ids = None
+            members = [m[0] for m in list_run_members(data, data_dir)]
+            chosen = subsample(sorted(members), runs, seed)
+        else:
+            ids = split_run_ids(data, split, seed, data_dir, test_workflow)
+            if part not in ids:
+                raise LlmadError(f"--part {part!r}: expected train, validation or test")
+            chosen = subsample(ids[part], runs, seed)
+        if not chosen:
+            raise LlmadError("no runs to replay")
+        det = detector if detector is not None else open_detector(
+            model, data=data, ids=ids, data_dir=data_dir, train_runs=train_runs, seed=seed, quantize=cfg.quantize,
+            backend=cfg.backend, workers=cfg.workers)
+        thr = _threshold(det, cfg, ids, data, data_dir, val_runs, seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        note_run(out_dir)
 
-    def report(msg: str) -> None:
-        hooks.log(msg)
-        hooks.advance(1)
+        def report(msg: str) -> None:
+            hooks.log(msg)
+            hooks.advance(1)
 
-    hooks.stage(f"replaying {len(chosen)} runs", total=len(chosen))
-    res = replay(iter_runs(data, data_dir, chosen), det, cfg, thr, predictions_path=out_dir / "predictions.csv",
-                 alerts_path=out_dir / "alerts.jsonl" if cfg.reveal == "events" else None, progress=report,
-                 on_alert=on_alert)
+        hooks.stage(f"replaying {len(chosen)} runs", total=len(chosen))
+        res = replay(iter_runs(data, data_dir, chosen), det, cfg, thr, predictions_path=out_dir / "predictions.csv",
+                     alerts_path=out_dir / "alerts.jsonl" if cfg.reveal == "events" else None, progress=report,
+                     on_alert=on_alert)
     config = {"stream": config_dict(cfg), "model": model, "detector": getattr(det, "name", type(det).__name__),
               "data": data, "split": split, "part": part, "seed": seed, "runs": chosen,
               "runs_subsample": None if runs is None else int(runs), "test_workflow": test_workflow,

@@ -13,6 +13,9 @@ tiny model). momentfm 0.1.4 is installed ``--no-deps``; its model code runs on t
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,7 +81,12 @@ def load_moment(name: str, train_all: bool = False):
         raise ModelNotFoundError(f"{e}. For MOMENT offline, pretrain a small one with `llmad pretrain moment "
                                  f"--data ... --out DIR` and pass --model DIR") from None
     try:
-        m = MOMENTPipeline.from_pretrained(loc, model_kwargs=_model_kwargs(train_all, train_all))
+        # huggingface_hub prints "Loading weights from local directory" to stdout: make it a log record, which
+        # -q sends to <out>/warnings.log (llmad.rundir.quiet_warnings) and keeps stdout for results.
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            m = MOMENTPipeline.from_pretrained(loc, model_kwargs=_model_kwargs(train_all, train_all))
+        if said.getvalue().strip():
+            logging.getLogger("momentfm").warning(said.getvalue().strip())
     except Exception as e:  # wrong folder contents, incompatible config
         raise LlmadError(f"MOMENT model {name!r} could not be loaded: {type(e).__name__}: {e}") from None
     m.init()
