@@ -70,7 +70,8 @@ def test_bad_rule_from_the_cli_before_loading_data(tmp_path):
     assert_user_error(res, "--threshold", "top5", "contamination:Q")
 
 
-def test_thin_validation_is_a_named_warning(tmp_path):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_thin_validation_is_a_named_warning(tmp_path, quiet):
     rng = np.random.default_rng(1)
     n = 800
     x = rng.normal(0, 1, n)
@@ -81,10 +82,12 @@ def test_thin_validation_is_a_named_warning(tmp_path):
     csv = tmp_path / "series.csv"
     pd.DataFrame({"m": x, "label": y}).to_csv(csv, index=False)
     res = run_cli(["numeric", "--method", "iforest", "--data", f"csv:{csv}", "--window", "16", "--stride", "4",
-                   "--out", tmp_path / "o"], timeout=60)
+                   "--out", tmp_path / "o", *(["-q"] if quiet else [])], timeout=60)
     assert res.rc == 0, res.text[-2000:]
     assert_warned(res, "[thin-validation]")
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["warnings"]
+    if quiet:  # -q: the named warning still shows, and nothing else does (no progress, no library chatter)
+        assert [ln for ln in res.err.splitlines() if ln.strip() and not ln.startswith("warning [")] == []
 
 
 def test_robust_standardise_is_per_series():
