@@ -16,6 +16,7 @@ from llmad.api.result import RunResult, data_dir_used, predictions_frame
 from llmad.config import DataConfig, field_help, option
 from llmad.detectors.icl.config import ICLConfig
 from llmad.detectors.icl.detector import ICLDetector
+from llmad.errors import LlmadWarning, warn
 
 
 @dataclass
@@ -74,7 +75,14 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
         details = pd.concat(parts, ignore_index=True) if parts else det.score_details(test)
         score_s = time.perf_counter() - t1
     dropped_warnings = sum("demonstrations dropped" in str(w.message) for w in caught)
-    for w in caught[:3]:
+    # One per prompt could be thousands: the first three named ones reach the user (also under -q), then a count.
+    named = [w.message for w in caught if isinstance(w.message, LlmadWarning)]
+    for m in named[:3]:
+        warnings.warn(m)
+    if len(named) > 3:
+        warn("context-overflow", f"{len(named) - 3} more prompt(s) did not fit the context window as built; "
+                                 f"counted in metrics.json (counters)")
+    for w in [w for w in caught if not isinstance(w.message, LlmadWarning)][:3]:
         hooks.log(f"warning: {w.message}")
     metrics = _metrics(cfg, test, details, det.threshold_, classification_report)
     info = det.info()

@@ -7,6 +7,7 @@ import logging
 import warnings
 
 from badinput.runner import assert_no_crash, run_cli
+from icl_fixtures import smol_tokenizer  # noqa: F401 (a fixture)
 
 import llmad.metrics.classification as classification
 from llmad.errors import warn
@@ -32,3 +33,19 @@ def test_baseline_quiet_logs_library_noise_and_shows_named_warnings(tmp_path, mo
     assert "a library deprecation nobody can act on" in log and "a library log record" in log
     assert "odd-input" not in log
 
+
+
+def test_icl_context_overflow_is_named_and_capped(smol_tokenizer, tmp_path, recwarn):  # noqa: F811
+    """One warning per prompt that does not fit could be thousands: three reach the user, then one count."""
+    from icl_fixtures import tiny_gpt2
+
+    from llmad.api.hooks import RunHooks
+    from llmad.api.icl import ICLRun, run_icl
+    from llmad.detectors.icl.config import ICLConfig
+
+    run = ICLRun(data="flowbench:1000genome", limit=6, val_limit=5, out=str(tmp_path / "icl"))
+    res = run_icl(ICLConfig(shots=2, batch_size=2, max_prompt_tokens=60), run, hooks=RunHooks(log=None, quiet=True),
+                  lm=tiny_gpt2(smol_tokenizer))
+    shown = [str(w.message) for w in recwarn if getattr(w.message, "name", None) == "context-overflow"]
+    assert len(shown) == 4 and "more prompt(s)" in shown[-1], shown
+    assert sum(res.metrics["counters"].values()) > 3
