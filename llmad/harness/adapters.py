@@ -14,7 +14,7 @@ from llmad.api.hooks import RunHooks
 from llmad.api.result import ID_COLUMNS, RunResult, predictions_frame
 from llmad.config import DataConfig, from_dict
 from llmad.data.splits import subsample
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, warn
 from llmad.harness.context import RunContext
 from llmad.harness.guard import LeakageError, job_keys, series_spans
 from llmad.harness.recipe import config_for_class
@@ -234,8 +234,8 @@ def adapter_replay(ctx: RunContext) -> RunResult:
         ctx.stage(f"loading {source}")
         detector = open_detector(str(up_dir / "sft" / "model"), quantize=cfg.quantize)
     else:
-        ctx.log(f"replay source {source}: a saved detector from outside the recipe; its training rows are not "
-                f"known to the leakage guard")
+        warn("unguarded-source", f"replay source {source}: a saved detector from outside the recipe; its training "
+                                 f"rows are not known to the leakage guard (it may have seen these test runs)")
     if cfg.threshold == "validation":
         ctx.guard.use("alert threshold (validation runs)", subsample(ids["validation"], lim.get("validation"),
                                                                       d["seed"]))
