@@ -42,6 +42,8 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     ``printer``: the older spelling of ``hooks.log``. ``details`` holds ``det.info()`` (``icl``) and the fitted
     ``detector``. An ``out`` holding an earlier run is refused before any work unless ``force``."""
     from llmad.data import load_jobs
+    from llmad.data.context import add_context_features
+    from llmad.render import reads_context
     from llmad.data.splits import make_split, subsample
     from llmad.metrics.classification import classification_report
     from llmad.rundir import check_out, default_out, quiet_warnings, write_run
@@ -52,6 +54,8 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     if split is None:
         hooks.stage(f"loading {run.data}")
         jobs = load_jobs(run.data, data_dir=run.data_dir, columns=run.columns)
+        if reads_context(cfg.template):  # peers from every job of each run, before --limit / --val-limit samples
+            jobs = add_context_features(jobs)
         split = make_split(jobs, kind=run.split, seed=run.seed, test_workflow=run.test_workflow,
                            data_dir=run.data_dir)
     test = subsample(split.test, run.limit, run.seed)

@@ -19,7 +19,14 @@ def job_template(detector) -> tuple[str | None, bool]:
     """The job template a detector renders (None for feature-based ones) and whether its peers are causal."""
     cfg = getattr(detector, "config", None)
     template = getattr(detector, "_template_path", None) or getattr(cfg, "template", None)
-    return template, bool(getattr(cfg, "causal", False))
+    return template, bool(getattr(cfg, "causal", getattr(detector, "causal", False)))
+
+
+def reads_peers(detector) -> bool:
+    """True when the detector's score reads peer (``ctx_*``) features: a context template or context features."""
+    from llmad.stream.context import detector_inputs, detector_uses_context
+
+    return detector_uses_context(detector, detector_inputs(detector))
 
 
 def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None, split: str | None = None,
@@ -34,7 +41,6 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
     from llmad.data.splits import subsample
     from llmad.detectors import load
     from llmad.metrics.classification import classification_report, timed_scoring
-    from llmad.render import reads_context
     from llmad.rundir import check_out, default_out, peak_rss_mb, quiet_warnings, write_run
 
     hooks = RunHooks.of(hooks, printer)
@@ -44,8 +50,8 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
         kind = getattr(det, "kind", type(det).__name__)
         if getattr(det, "data_kind", "jobs") != "jobs":
             raise LlmadError(f"{model_dir}: a {kind} detector scores metric windows, not jobs; use llmad numeric")
-        template, causal = job_template(det)
-        context = bool(template) and reads_context(template)
+        _, causal = job_template(det)
+        context = reads_peers(det)  # computed on whole runs below, before any --limit sample
         hooks.stage("loading data")
         if split:
             data = DataConfig(spec=spec, data_dir=data_dir, split=split, seed=seed, test_workflow=test_workflow,
@@ -55,10 +61,10 @@ def run_predict(model_dir: str | Path, spec: str, *, data_dir: str | None = None
                               causal=causal).part(part)
         else:
             jobs = load_jobs(spec, data_dir)
+            if context:  # peers from every job of each run first: --limit picks rows, never peers
+                jobs = add_context_features(jobs, causal=causal)
             if limit and len(jobs) > limit:
                 jobs = subsample(jobs, limit, seed)
-            if context:
-                jobs = add_context_features(jobs, causal=causal)
         hooks.stage(f"scoring {len(jobs)} jobs")
         scores, ms = timed_scoring(det.score, jobs)
     thr = float(det.threshold_)

@@ -22,7 +22,7 @@ from llmad.data.specs import spec_name
 from llmad.data.splits import Split
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
-from llmad.detectors.sft.training import is_main_process, resume_checkpoint
+from llmad.detectors.sft.training import is_main_process, resume_checkpoint, validation_rows
 from llmad.errors import LlmadError
 from llmad.interrupts import note_run
 from llmad.render import reads_context
@@ -130,9 +130,10 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     test = split.test
     hooks.stage(f"scoring {len(test)} test jobs")
     test_scores, ms_per_job = timed_scoring(det.score, test)
+    validation = validation_rows(split.validation, cfg.sft)  # the rows fit thresholded on (--val-limit)
     val_scores = getattr(det, "validation_scores_", None)
     if val_scores is None:
-        val_scores = det.score(split.validation)
+        val_scores = det.score(validation)
     metrics: dict[str, Any] = {
         "method": "sft", "model": cfg.sft.model, "template": cfg.sft.template, "split": split.kind,
         "data": cfg.data.spec, "threshold": thr, "threshold_objective": cfg.sft.threshold_objective,
@@ -140,7 +141,7 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
                                       anomaly_types=test["anomaly_type"]),
         # The paper reports argmax predictions (threshold 0.5): given for comparison with its tables.
         "test_argmax": classification_report(test["label"], test_scores, threshold=0.5),
-        "validation": classification_report(split.validation["label"], val_scores, threshold=thr),
+        "validation": classification_report(validation["label"], val_scores, threshold=thr),
         "sizes": split.sizes(), "split_info": {k: v for k, v in split.info.items() if "examples" not in k},
         "train": {k: v for k, v in info.items() if k != "log_history"},
         "inference_jobs_per_s": 1000.0 / ms_per_job if ms_per_job > 0 else float("nan"),

@@ -63,7 +63,7 @@ OWN: dict[str, tuple[str, ...]] = {
     "data import": ("--infer", "--map-out"),
     "baseline": ("--features",),
     "sft": ("--epochs", "--max-length", "--freeze", "--init-from", "--prefix-augment", "--patience", "--eval-steps",
-            "--max-time", "--precision", "--class-weight", "--keep-checkpoints"),
+            "--max-time", "--precision", "--class-weight", "--keep-checkpoints", "--collapse-retry"),
     "icl": ("--select", "--order", "--stats", "--mode", "--calibrate", "--load-in-4bit", "--train-shots",
             "--train-steps", "--train-demos", "--no-cache", "--max-new-tokens", "--max-prompt-tokens"),
     "replay": ("--reveal", "--speed", "--batch", "--workers"),
