@@ -116,24 +116,21 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     hooks.stage(f"fine-tuning {cfg.sft.model} ({cfg.sft.template} template)")
     det = SFTDetector(cfg.sft)
     det.fit(split.train, split.validation, output_dir=out, resume=cfg.resume, printer=hooks.log)
-    info = dict(det.train_info_)
     if det.paused_:
-        msg = (f"paused after {info['train_s']:.0f} s at step {info['steps']} (max_time_s): "
-               f"continue with --resume --out {out}")
-        if is_main_process():
-            write_json(out / "paused.json", {"step": info["steps"], "epoch": info["epochs_done"], "message": msg})
-        return RunResult({}, details={"paused": True, "train_info": info}, out_dir=out, summary=msg)
+        return _paused(det, out)
     if not is_main_process():
-        return RunResult({}, details={"paused": False, "train_info": info, "rank": "worker"}, out_dir=out)
+        return RunResult({}, details={"paused": False, "train_info": dict(det.train_info_), "rank": "worker"},
+                         out_dir=out)
+    validation = validation_rows(split.validation, cfg.sft)  # the rows fit thresholded on (--val-limit)
+    det, val_scores, collapse = _collapse_guard(cfg, split, out, hooks, det, validation)
+    if det.paused_:
+        return _paused(det, out)
+    info = dict(det.train_info_)
     (out / "paused.json").unlink(missing_ok=True)
     thr = float(det.threshold_)
     test = split.test
     hooks.stage(f"scoring {len(test)} test jobs")
     test_scores, ms_per_job = timed_scoring(det.score, test)
-    validation = validation_rows(split.validation, cfg.sft)  # the rows fit thresholded on (--val-limit)
-    val_scores = getattr(det, "validation_scores_", None)
-    if val_scores is None:
-        val_scores = det.score(validation)
     metrics: dict[str, Any] = {
         "method": "sft", "model": cfg.sft.model, "template": cfg.sft.template, "split": split.kind,
         "data": cfg.data.spec, "threshold": thr, "threshold_objective": cfg.sft.threshold_objective,
@@ -149,6 +146,8 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
         "peak_rss_mb": peak_rss_mb(),
         "wall_s": time.perf_counter() - t0,
     }
+    if collapse is not None:
+        metrics["collapse"] = collapse
     artifacts = {}
     if cfg.save_model:
         det.save(out / "model")
@@ -156,11 +155,15 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     write_json(out / "train_log.json", det.trainer_state_["log_history"])
     if not cfg.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "retry", ignore_errors=True)
     t = metrics["test"]
     summary = (f"sft {cfg.sft.model} [{cfg.sft.template}] on {cfg.data.spec} ({split.kind} split): test accuracy "
                f"{t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
                f"(threshold {thr:.3f}); train {info['train_s']:.0f} s, {metrics['inference_jobs_per_s']:.0f} jobs/s "
                f"scoring; outputs in {out}")
+    if collapse and collapse["detected"]:
+        summary += (f" (training collapsed: attempt {collapse['used_attempt']} of {len(collapse['attempts'])} kept; "
+                    f"metrics.json: collapse)")
     preds = predictions_frame(test, test_scores, thr)
     write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
               metrics=metrics, predictions=preds, summary=None, command="sft",
@@ -169,6 +172,72 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     details = {"paused": False, "train_info": info, "detector": det, "threshold": thr, "split": split.kind,
                "validation_scores": val_scores}
     return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out, summary=summary)
+
+
+def _paused(det: SFTDetector, out: Path) -> RunResult:
+    """The result of a run paused by ``max_time_s`` (``paused.json`` says how to continue)."""
+    from llmad.io import write_json
+
+    info = dict(det.train_info_)
+    msg = (f"paused after {info['train_s']:.0f} s at step {info['steps']} (max_time_s): "
+           f"continue with --resume --out {out}")
+    if is_main_process():
+        write_json(out / "paused.json", {"step": info["steps"], "epoch": info["epochs_done"], "message": msg})
+    return RunResult({}, details={"paused": True, "train_info": info}, out_dir=out, summary=msg)
+
+
+def _validation_scores(det: SFTDetector, validation) -> Any:
+    """The fitted model's validation scores: those fit already computed, else scored now (once)."""
+    scores = getattr(det, "validation_scores_", None)
+    return det.score(validation) if scores is None else scores
+
+
+def _collapse_guard(cfg: SFTRunConfig, split: Split, out: Path, hooks: RunHooks, det: SFTDetector,
+                    validation) -> tuple[SFTDetector, Any, dict[str, Any] | None]:
+    """(detector kept, its validation scores, the ``collapse`` record of metrics.json or None without validation).
+
+    A collapsed run (``collapse.collapse_reason``) is named in one warning line; with ``collapse_retry`` (default)
+    it is retrained once with ``collapse.fallback_config`` (checkpoints under ``<out>/retry``). The retry is kept
+    unless it collapsed too and ranked validation worse than the first attempt."""
+    import os
+
+    from llmad.detectors.sft.collapse import attempt_record, collapse_reason, fallback_config
+    from llmad.errors import warn
+
+    val_scores = _validation_scores(det, validation)
+    if validation is None or not len(validation):
+        return det, val_scores, None
+    y = validation["label"].to_numpy()
+    reason = collapse_reason(y, val_scores, det.threshold_)
+    attempts = [attempt_record(1, det.config, y, val_scores, det.threshold_, reason, det.train_info_["train_s"])]
+    record: dict[str, Any] = {"detected": reason is not None, "reason": reason, "retried": False, "used_attempt": 1,
+                              "attempts": attempts}
+    if reason is None:
+        return det, val_scores, record
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1  # worker ranks have returned: no second run to join
+    if not cfg.sft.collapse_retry or multi:
+        why = "--collapse-retry is off" if not cfg.sft.collapse_retry else "no retry under multi-process training"
+        warn("training-collapsed", f"training collapsed: {reason}; the run is kept as is ({why}); try --lr 5e-5 "
+                                   f"--class-weight balanced")
+        return det, val_scores, record
+    fb = fallback_config(det.config)
+    warn("training-collapsed", f"training collapsed: {reason}; retrying once with lr {fb.lr:g} and class weight "
+                               f"balanced (--no-collapse-retry keeps a collapsed run)")
+    hooks.stage(f"fine-tuning again (lr {fb.lr:g}, class weight balanced)")
+    retry = SFTDetector(fb)
+    retry.fit(split.train, split.validation, output_dir=out / "retry", resume=cfg.resume, printer=hooks.log)
+    if retry.paused_:
+        return retry, None, record
+    retry_scores = _validation_scores(retry, validation)
+    reason2 = collapse_reason(y, retry_scores, retry.threshold_)
+    attempts.append(attempt_record(2, fb, y, retry_scores, retry.threshold_, reason2, retry.train_info_["train_s"]))
+    record["retried"] = True
+    first_auc, second_auc = attempts[0]["validation_roc_auc"], attempts[1]["validation_roc_auc"]
+    keep_first = reason2 is not None and first_auc == first_auc and not second_auc >= first_auc
+    record["used_attempt"] = 1 if keep_first else 2
+    line = ("the retry did not collapse" if reason2 is None else f"the retry collapsed too: {reason2}")
+    hooks.log(f"{line}; keeping attempt {record['used_attempt']} (metrics.json: collapse)")
+    return (det, val_scores, record) if keep_first else (retry, retry_scores, record)
 
 
 __all__ = ["SFTRunConfig", "run_sft", "load_run_split"]

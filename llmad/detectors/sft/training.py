@@ -344,7 +344,6 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
                         validation_scores=val_scores)
 
 
-__all__ = ["is_main_process", "check_config", "training_rows", "validation_rows", "EvalScores", "training_arguments", "validation_line",
-           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "checkpoint_damage", "resume_checkpoint",
-           "train_model", "TrainOutcome",
-           "THRESHOLD_OBJECTIVES"]
+__all__ = ["is_main_process", "check_config", "training_rows", "validation_rows", "EvalScores", "training_arguments",
+           "validation_line", "class_weighted_loss", "compute_metrics", "latest_checkpoint", "checkpoint_damage",
+           "resume_checkpoint", "train_model", "TrainOutcome", "THRESHOLD_OBJECTIVES"]
