@@ -9,6 +9,7 @@ CLI prints.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -43,15 +44,20 @@ class SFTRunConfig:
     keep_checkpoints: bool = option(False, "keep <out>/checkpoints once the final model is saved",
                                     flag="--keep-checkpoints")
     save_model: bool = option(True, "save the fine-tuned model under <out>/model", cli=False)
+    fusion: str = option("none", "none | stack: a gradient-boosted tree over the job's numeric + peer-context "
+                                 "features and the LM score (cross-fitted by run: never from an LM that trained on "
+                                 "the row)", flag="--fusion")
+    fusion_folds: int = option(3, "stack: cross-fitting folds (by run)", cli=False)
 
 
-def load_run_split(data: DataConfig, template: str, causal: bool = False) -> Split:
-    """The split of ``data``, with peer features computed on the whole table when the template needs them."""
+def load_run_split(data: DataConfig, template: str, causal: bool = False, context: bool = False) -> Split:
+    """The split of ``data``, with peer features computed on the whole table (before any ``limit`` sample) when
+    the template needs them or ``context``."""
     from llmad.data import load_split
 
     return load_split(data.spec, split=data.split, seed=data.seed, data_dir=data.data_dir,
                       test_workflow=data.test_workflow, limit=data.limit, columns=data.columns,
-                      context=reads_context(template), causal=causal)
+                      context=context or reads_context(template), causal=causal)
 
 
 def _check_resume(out: Path, cfg: SFTRunConfig) -> None:
@@ -86,6 +92,11 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
     from llmad.rundir import check_out, default_out, quiet_warnings
 
     hooks = RunHooks.of(hooks, printer)
+    if cfg.fusion not in ("none", "stack"):
+        raise LlmadError(f"--fusion {cfg.fusion!r}: expected none or stack")
+    if cfg.fusion == "stack" and (cfg.sft.max_time_s or int(os.environ.get("WORLD_SIZE", "1")) > 1
+                                  or cfg.fusion_folds < 2):
+        raise LlmadError("--fusion stack: needs fusion_folds >= 2 and runs in one process without --max-time")
     out = check_out(cfg.out or default_out("sft", spec_name(cfg.data.spec)), force=force,
                     resume=cfg.resume or not is_main_process())  # worker ranks find rank 0's files
     # Worker ranks log nowhere: a file of theirs in out could race rank 0's check of it.
@@ -108,8 +119,12 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
         write_json(out / "sft_run.json", cfg)
     if split is None:
         hooks.stage("loading data")
-        split = load_run_split(cfg.data, cfg.sft.template, cfg.sft.causal)
+        split = load_run_split(cfg.data, cfg.sft.template, cfg.sft.causal, context=cfg.fusion == "stack")
     hooks.log(f"data {cfg.data.spec}: {split.description}; sizes {split.sizes()}")
+    if cfg.fusion == "stack":
+        from llmad.api.fusion import run_stack
+
+        return run_stack(cfg, out, split, hooks)
     if cfg.sft.max_steps > 0:
         hooks.log(f"--max-steps {cfg.sft.max_steps} overrides --epochs {cfg.sft.epochs:g}: training stops after "
                   f"{cfg.sft.max_steps} steps")
@@ -199,8 +214,6 @@ def _collapse_guard(cfg: SFTRunConfig, split: Split, out: Path, hooks: RunHooks,
     A collapsed run (``collapse.collapse_reason``) is named in one warning line; with ``collapse_retry`` (default)
     it is retrained once with ``collapse.fallback_config`` (checkpoints under ``<out>/retry``). The retry is kept
     unless it collapsed too and ranked validation worse than the first attempt."""
-    import os
-
     from llmad.detectors.sft.collapse import attempt_record, collapse_reason, fallback_config
     from llmad.errors import warn
 
