@@ -169,7 +169,8 @@ def window_cases() -> dict[str, list[tuple[str, Case]]]:
 
 def all_cases() -> dict[str, list[tuple[str, Case]]]:
     return {"baseline": [(m, baseline_case(m)) for m in ("rf", "hgb", "iforest", "knn")],
-            "sft": [("tiny-bert", sft_case())], "fusion-stack": [("tiny-bert", stack_case())], "icl": [("smollm2-nearest", icl_case())], **window_cases()}
+            "sft": [("tiny-bert", sft_case())], "fusion-stack": [("tiny-bert", stack_case())],
+            "icl": [("smollm2-nearest", icl_case())], **window_cases()}
 
 
 CASES = all_cases()
