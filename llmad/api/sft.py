@@ -213,7 +213,8 @@ def _collapse_guard(cfg: SFTRunConfig, split: Split, out: Path, hooks: RunHooks,
 
     A collapsed run (``collapse.collapse_reason``) is named in one warning line; with ``collapse_retry`` (default)
     it is retrained once with ``collapse.fallback_config`` (checkpoints under ``<out>/retry``). The retry is kept
-    unless it collapsed too and ranked validation worse than the first attempt."""
+    unless it collapsed too and ranked validation worse than the first attempt. A ``max_steps`` smoke run is
+    recorded and logged only."""
     from llmad.detectors.sft.collapse import attempt_record, collapse_reason, fallback_config
     from llmad.errors import warn
 
@@ -226,6 +227,9 @@ def _collapse_guard(cfg: SFTRunConfig, split: Split, out: Path, hooks: RunHooks,
     record: dict[str, Any] = {"detected": reason is not None, "reason": reason, "retried": False, "used_attempt": 1,
                               "attempts": attempts}
     if reason is None:
+        return det, val_scores, record
+    if cfg.sft.max_steps > 0:  # a --max-steps smoke run is expected to learn little: recorded, not retried
+        hooks.log(f"training collapsed: {reason} (a --max-steps run: not retried)")
         return det, val_scores, record
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1  # worker ranks have returned: no second run to join
     if not cfg.sft.collapse_retry or multi:

@@ -74,3 +74,9 @@ def test_no_collapse_retry_keeps_the_run_and_says_so(tmp_path, tiny_model):
     assert col["detected"] and not col["retried"] and len(col["attempts"]) == 1 and col["used_attempt"] == 1
     assert len(named) == 1 and "collapsed" in named[0] and "kept as is" in named[0]
     assert res.details["detector"].config.lr == 1.0 and "training collapsed" in res.summary
+
+
+def test_a_max_steps_smoke_run_is_recorded_not_retried(tmp_path, tiny_model):
+    res, named, metrics = _run(tmp_path, tiny_model, "smoke", lr=1.0, max_steps=4)
+    assert metrics["collapse"]["detected"] and not metrics["collapse"]["retried"] and not named
+    assert "training collapsed" in res.summary
