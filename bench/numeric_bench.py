@@ -110,7 +110,8 @@ def cmd_pretrain(args) -> None:
         out = MODELS / f"moment-loo-{ds}"
         t0 = time.time()
         res = pretrain_moment(PRETRAIN[ds], out, seq_len=DATASETS[ds]["window"], d_model=64, n_layers=2,
-                              n_heads=4, steps=args.steps, batch_size=64, max_windows=1500, log_every=50)
+                              n_heads=4, steps=args.steps, batch_size=64, max_windows=1500, log_every=50,
+                              force=True)
         rows.append({"config": {"pretrain": ds, "data": PRETRAIN[ds]}, "status": "ok",
                      "wall_seconds": time.time() - t0, "metrics": res})
         print(ds, res["first_loss"], "->", res["last_loss"], flush=True)

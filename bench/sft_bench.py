@@ -84,7 +84,7 @@ def run_chunked(key: str, data: DataConfig, sft: SFTConfig, chunk_s: float,
         cfg = SFTRunConfig(data=data, sft=replace(sft, max_time_s=chunk_s, progress=False), out=str(out),
                            resume=resume, keep_checkpoints=False)
         t0, c0 = time.perf_counter(), cpu_seconds()
-        res = run_sft(cfg)
+        res = run_sft(cfg, force=True)  # a chunk that died before its first checkpoint starts over
         print(res.summary)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         info, paused = res.details["train_info"], res.details["paused"]
@@ -296,7 +296,7 @@ def _eval_on(model_dir: Path, workflow: str, acc_key: str, f1_key: str, limit: i
     from llmad.api.predict import run_predict
 
     r = run_predict(model_dir, f"flowbench:{workflow}", split="run", part="test", limit=limit,
-                    out=RUNS / "predict" / f"{model_dir.parent.name}-on-{workflow}")
+                    out=RUNS / "predict" / f"{model_dir.parent.name}-on-{workflow}", force=True)
     print(r.summary)
     rep = r.metrics["report"]
     return {acc_key: rep["accuracy"], f1_key: rep["f1"], f"{acc_key}_roc_auc": rep["roc_auc"]}

@@ -34,7 +34,7 @@ def interrupted_message() -> str:
     if out.is_dir() and (out / "metrics.json").is_file():
         return f"llmad: interrupted; {out} holds a finished run"
     return (f"llmad: interrupted; {out} was left without a finished run (no metrics.json): run the command again "
-            f"(it cannot resume)")
+            f"with --force (it cannot resume)")
 
 
 __all__ = ["note_run", "clear", "interrupted_message"]

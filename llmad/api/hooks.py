@@ -9,8 +9,9 @@ class RunHooks:
 
     def __init__(self, log: Callable[[str], None] | None = print,
                  stage: Callable[[str, float | None], None] | None = None,
-                 advance: Callable[[float], None] | None = None):
+                 advance: Callable[[float], None] | None = None, quiet: bool = False):
         self._log, self._stage, self._advance = log, stage, advance
+        self.quiet = quiet  # the user asked for silence (-q): library output goes to <out>/warnings.log
 
     @classmethod
     def of(cls, hooks: "RunHooks | None" = None, printer: Callable[[str], None] | None = None) -> "RunHooks":

@@ -6,17 +6,17 @@ import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from llmad.api.hooks import RunHooks
-from llmad.api.result import RunResult, predictions_frame
+from llmad.api.result import RunResult, data_dir_used, predictions_frame
 from llmad.config import DataConfig, field_help, option
 from llmad.detectors.icl.config import ICLConfig
 from llmad.detectors.icl.detector import ICLDetector
+from llmad.errors import LlmadWarning, warn
 
 
 @dataclass
@@ -35,46 +35,58 @@ class ICLRun:
 
 
 def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks | None = None, lm: Any = None,
-            printer: Callable[[str], None] | None = None) -> RunResult:
+            printer: Callable[[str], None] | None = None, force: bool = False) -> RunResult:
     """Fit on train (threshold on a validation subsample), score a test subsample, write config/metrics/predictions.
 
     ``split``: an already-loaded ``Split`` (else loaded from ``run``); ``lm``: a loaded ``LoadedLM`` to reuse;
     ``printer``: the older spelling of ``hooks.log``. ``details`` holds ``det.info()`` (``icl``) and the fitted
-    ``detector``."""
+    ``detector``. An ``out`` holding an earlier run is refused before any work unless ``force``."""
     from llmad.data import load_jobs
+    from llmad.data.context import add_context_features
+    from llmad.render import reads_context
     from llmad.data.splits import make_split, subsample
     from llmad.metrics.classification import classification_report
-    from llmad.rundir import default_out, write_run
+    from llmad.rundir import check_out, default_out, quiet_warnings, write_run
 
     hooks = RunHooks.of(hooks, printer)
     cfg.validate()
+    out = check_out(run.out or default_out("icl", f"{cfg.model.replace('/', '_')}-{cfg.shots}shot"), force=force)
     if split is None:
         hooks.stage(f"loading {run.data}")
         jobs = load_jobs(run.data, data_dir=run.data_dir, columns=run.columns)
+        if reads_context(cfg.template):  # peers from every job of each run, before --limit / --val-limit samples
+            jobs = add_context_features(jobs)
         split = make_split(jobs, kind=run.split, seed=run.seed, test_workflow=run.test_workflow,
                            data_dir=run.data_dir)
     test = subsample(split.test, run.limit, run.seed)
     val = subsample(split.validation, run.val_limit, run.seed) if cfg.mode == "score" else split.validation.iloc[:0]
     det = ICLDetector(config=cfg)
-    hooks.stage(f"{cfg.shots}-shot prompt, threshold on {len(val)} validation jobs")
+    det.on_scored = hooks.advance  # one tick per scored prompt: validation (in fit), then test
+    hooks.stage(f"{cfg.shots}-shot prompt, threshold on {len(val)} validation jobs", total=len(val))
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with quiet_warnings(out, hooks.quiet), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         det.fit(split.train, val, lm=lm)
         fit_s = time.perf_counter() - t0
         hooks.stage(f"scoring {len(test)} test jobs", total=len(test))
         t1 = time.perf_counter()
-        # Chunks only move the progress bar (the prefix cache is kept across them); the harness's cached ICL
+        # Chunks are kept as they were (the prefix cache is kept across them); the harness's cached ICL
         # numbers were scored in these same chunks, and length-sorted batches differ by ~1e-6 across chunkings.
         chunk = max(cfg.batch_size * 4, 16)
         parts = []
         for i in range(0, len(test), chunk):
             parts.append(det.score_details(test.iloc[i:i + chunk]))
-            hooks.advance(len(parts[-1]))
         details = pd.concat(parts, ignore_index=True) if parts else det.score_details(test)
         score_s = time.perf_counter() - t1
     dropped_warnings = sum("demonstrations dropped" in str(w.message) for w in caught)
-    for w in caught[:3]:
+    # One per prompt could be thousands: the first three named ones reach the user (also under -q), then a count.
+    named = [w.message for w in caught if isinstance(w.message, LlmadWarning)]
+    for m in named[:3]:
+        warnings.warn(m)
+    if len(named) > 3:
+        warn("context-overflow", f"{len(named) - 3} more prompt(s) did not fit the context window as built; "
+                                 f"counted in metrics.json (counters)")
+    for w in [w for w in caught if not isinstance(w.message, LlmadWarning)][:3]:
         hooks.log(f"warning: {w.message}")
     metrics = _metrics(cfg, test, details, det.threshold_, classification_report)
     info = det.info()
@@ -87,14 +99,11 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     for c in details.columns:
         if c != "score":
             preds[c] = details[c].to_numpy()
-    out = Path(run.out) if run.out else default_out("icl", f"{cfg.model.replace('/', '_')}-{cfg.shots}shot")
     summary = (f"icl {cfg.model} shots={cfg.shots} select={cfg.select} mode={cfg.mode} calibrate={cfg.calibrate} "
                f"lora={cfg.lora_r}: test n={len(test)} accuracy={metrics['accuracy']:.3f} f1={metrics['f1']:.3f}"
                + (f" argmax-accuracy={metrics['argmax']['accuracy']:.3f}" if "argmax" in metrics else "")
                + (f" parse-rate={metrics['parse_rate']:.3f}" if "parse_rate" in metrics else "")
                + f" ({metrics['prompts_per_second']:.2f} prompts/s) -> {out}")
-    write_run(out, config={"icl": asdict(cfg), "run": asdict(run), "split_info": split.info}, metrics=metrics,
-              predictions=preds, summary=None)
     det.save(out / "model")  # opens in llmad predict / replay / watch like every saved detector
     artifacts = {"config": "config.json", "metrics": "metrics.json", "predictions": "predictions.csv",
                  "model": "model"}
@@ -106,6 +115,8 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
                                          preds["generation"])]
         atomic_write_text(out / "reasoning.jsonl", "\n".join(lines) + "\n")
         artifacts["reasoning"] = "reasoning.jsonl"
+    write_run(out, config={"icl": asdict(cfg), "run": asdict(run), "split_info": split.info}, metrics=metrics,
+              predictions=preds, summary=None, command="icl", data_dir=data_dir_used(run.data_dir))
     hooks.log(summary)
     return RunResult(metrics=metrics, predictions=preds, details={"icl": info, "detector": det},
                      artifacts=artifacts, out_dir=out, summary=summary)

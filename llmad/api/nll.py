@@ -60,21 +60,31 @@ def field_summary(details: pd.DataFrame, labels: np.ndarray | None, fields: list
     return out
 
 
-def run_nll(cfg: NLLRunConfig, *, split: Any = None, hooks: RunHooks | None = None, lm: Any = None) -> RunResult:
+def run_nll(cfg: NLLRunConfig, *, split: Any = None, hooks: RunHooks | None = None, lm: Any = None,
+            force: bool = False) -> RunResult:
     """Fit, threshold (rule of ``cfg.nll.threshold``), score test, write the run folder; see the module docstring.
 
-    ``split``: an already-loaded split of ``cfg.data``; ``lm``: a loaded ``LoadedLM`` to fine-tune (tests)."""
+    ``split``: an already-loaded split of ``cfg.data``; ``lm``: a loaded ``LoadedLM`` to fine-tune (tests). An
+    ``out`` holding an earlier run is refused before any work unless ``force``."""
     hooks = RunHooks.of(hooks)
     cfg.nll.validate()
     if is_window_spec(cfg.data.spec):
-        return run_nll_windows(cfg, hooks=hooks)
+        return run_nll_windows(cfg, hooks=hooks, force=force)
+    from llmad.rundir import check_out, default_out, quiet_warnings
+
+    out = check_out(cfg.out or default_out("nll", spec_name(cfg.data.spec)), force=force)
+    with quiet_warnings(out, getattr(hooks, "quiet", False)):
+        return _run_jobs(cfg, out, split, hooks, lm)
+
+
+def _run_jobs(cfg: NLLRunConfig, out: Path, split: Any, hooks: RunHooks, lm: Any) -> RunResult:
+    """The job-table run of ``run_nll`` into ``out`` (already checked)."""
     from llmad.data.splits import subsample
     from llmad.detectors.nll.detector import NLLDetector, job_fields
     from llmad.metrics.classification import classification_report
-    from llmad.rundir import default_out, peak_rss_mb, write_run
+    from llmad.rundir import peak_rss_mb, write_run
 
     c, d = cfg.nll, cfg.data
-    out = Path(cfg.out) if cfg.out else default_out("nll", spec_name(d.spec))
     t_start = time.perf_counter()
     if split is None:
         from llmad.data import load_split
@@ -143,7 +153,7 @@ def run_nll(cfg: NLLRunConfig, *, split: Any = None, hooks: RunHooks | None = No
                      artifacts=artifacts, out_dir=out, summary=summary)
 
 
-def run_nll_windows(cfg: NLLRunConfig, *, hooks: RunHooks | None = None) -> RunResult:
+def run_nll_windows(cfg: NLLRunConfig, *, hooks: RunHooks | None = None, force: bool = False) -> RunResult:
     """Metric windows: ``llmad.api.numeric.run_numeric`` with method ``nll`` (validation points or contamination)."""
     from llmad.api.numeric import NumericConfig, run_numeric
     from llmad.rundir import default_out
@@ -161,7 +171,7 @@ def run_nll_windows(cfg: NLLRunConfig, *, hooks: RunHooks | None = None) -> RunR
     num = NumericConfig(method="nll", data=cfg.data.spec, data_dir=cfg.data.data_dir, split=split,
                         seed=cfg.data.seed, threshold=rule, out=out, shots=nll.train_limit, window=cfg.window,
                         extra={"config": asdict(nll)})
-    return run_numeric(num, hooks=hooks)
+    return run_numeric(num, hooks=hooks, force=force)
 
 
 __all__ = ["NLLRunConfig", "run_nll", "run_nll_windows", "is_window_spec", "field_summary"]

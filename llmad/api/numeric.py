@@ -29,7 +29,7 @@ from llmad.data.specs import parse_spec
 from llmad.data.splits import subsample
 from llmad.data.timeseries import Series, SeriesSplit
 from llmad.data.windows import WindowSet, ZScore, make_windows
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, warn
 from llmad.interrupts import note_run
 
 METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb", "nll")
@@ -97,7 +97,9 @@ def load_split(cfg: NumericConfig) -> SeriesSplit:
 def _moment_seq_len(model: str | None) -> int:
     import json
 
-    p = Path(model or "").expanduser() / "config.json"
+    from llmad.detectors.moment import moment_location
+
+    p = Path(moment_location(model or "")).expanduser() / "config.json"
     if model and p.is_file():
         return int(json.loads(p.read_text()).get("seq_len", 512))
     return 512
@@ -214,52 +216,55 @@ def select_training(cfg: NumericConfig, split: SeriesSplit, scaler: ZScore, wind
 
 
 # ---------------------------------------------------------------------------------------------- run
-def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: RunHooks | None = None) -> RunResult:
-    """Fit, calibrate on validation, score test; write a run folder when ``cfg.out``.
+def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: RunHooks | None = None,
+                force: bool = False) -> RunResult:
+    """Fit, calibrate on validation, score test; write a run folder when ``cfg.out`` (an ``out`` holding an
+    earlier run is refused before any work unless ``force``).
 
     ``split``: an already-loaded ``SeriesSplit`` of ``cfg.data`` (else loaded here). ``RunResult.metrics`` is the
     metrics.json content; ``summary`` the line the CLI prints.
     """
     from llmad.metrics.timeseries import parse_threshold_rule, ts_report, validation_warning
-    from llmad.rundir import peak_rss_mb
+    from llmad.rundir import check_out, peak_rss_mb, quiet_warnings
 
     hooks = RunHooks.of(hooks)
+    out_dir = check_out(cfg.out, force=force) if cfg.out else None
     if cfg.method not in METHODS:
         raise LlmadError(f"--method {cfg.method!r}: expected one of {', '.join(METHODS)}")
     rule = parse_threshold_rule(cfg.threshold)
     if cfg.shots is not None and cfg.shots < 0:
         raise LlmadError("--shots must be >= 0")
     t_start = time.perf_counter()
-    if split is None:
-        hooks.stage(f"loading {cfg.data}")
-        split = load_split(cfg)
-    window = resolve_window(cfg)
-    stride = cfg.stride or max(1, window // 4)
-    scaler = ZScore().fit(split.train)
-    train_ws, calib_series, sel = select_training(cfg, split, scaler, window)
-    val_ws = make_windows(calib_series, scaler, window, stride, part="validation")
-    test_ws = make_windows(split.test, scaler, window, stride, part="test")
-    if val_ws.point_labels().sum() == 0:
-        raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
-                         "(choose another split or more validation data)")
-    out_dir = Path(cfg.out) if cfg.out else None
-    if out_dir is not None:
-        note_run(out_dir)
-    det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
-    hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
-    t0 = time.perf_counter()
-    det.fit(train_ws, None)
-    fit_s = time.perf_counter() - t0
-    val_scores = det.score_points(val_ws)
-    det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
-    warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
-        else None
-    if warning:
-        hooks.log(warning)
-    hooks.stage(f"scoring {len(test_ws)} test windows")
-    t0 = time.perf_counter()
-    test_scores = det.score_points(test_ws)
-    score_s = time.perf_counter() - t0
+    with quiet_warnings(out_dir, hooks.quiet):
+        if split is None:
+            hooks.stage(f"loading {cfg.data}")
+            split = load_split(cfg)
+        window = resolve_window(cfg)
+        stride = cfg.stride or max(1, window // 4)
+        scaler = ZScore().fit(split.train)
+        train_ws, calib_series, sel = select_training(cfg, split, scaler, window)
+        val_ws = make_windows(calib_series, scaler, window, stride, part="validation")
+        test_ws = make_windows(split.test, scaler, window, stride, part="test")
+        if val_ws.point_labels().sum() == 0:
+            raise LlmadError("the validation part holds no anomalous point: a threshold cannot be chosen "
+                             "(choose another split or more validation data)")
+        if out_dir is not None:
+            note_run(out_dir)
+        det = build_detector(cfg, work_dir=out_dir / "models" if out_dir else None, train=train_ws)
+        hooks.stage(f"fitting {cfg.method} on {len(train_ws)} windows")
+        t0 = time.perf_counter()
+        det.fit(train_ws, None)
+        fit_s = time.perf_counter() - t0
+        val_scores = det.score_points(val_ws)
+        det.set_threshold(val_scores, val_ws.point_labels(), objective=cfg.threshold_objective)
+        warning = validation_warning(val_ws.point_labels(), val_ws.point_events()[0]) if rule[0] != "contamination" \
+            else None
+        if warning:
+            warn("thin-validation", warning)
+        hooks.stage(f"scoring {len(test_ws)} test windows")
+        t0 = time.perf_counter()
+        test_scores = det.score_points(test_ws)
+        score_s = time.perf_counter() - t0
     y = test_ws.point_labels()
     ev, types = test_ws.point_events()
     kind, _ = parse_spec(cfg.data, family="series")
@@ -275,7 +280,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         "test": rep,
         "validation": {k: val_rep[k] for k in ("f1", "precision", "recall", "pr_auc", "roc_auc")},
         "threshold": threshold, "threshold_rule": cfg.threshold, "threshold_source": source,
-        "warnings": [warning] if warning else [],
+        "warnings": [f"warning [thin-validation]: {warning}"] if warning else [],
         "timing": {"fit_seconds": fit_s, "score_seconds": score_s,
                    "test_windows": int(len(test_ws)),
                    "windows_per_second": len(test_ws) / score_s if score_s > 0 else float("nan"),
@@ -288,7 +293,7 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
         metrics["notes"].append("WARNING: the detector gave every test point the same score (degenerate)")
     names = np.concatenate([[n] * len(a) for n, a in zip(test_ws.names, test_ws.arrays)])
     idx = np.concatenate([np.arange(len(a)) for a in test_ws.arrays])
-    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, threshold)
+    preds = predictions_frame(pd.DataFrame({"label": y}), test_scores, threshold, id_columns=("label",))
     preds.insert(0, "series", names)
     preds.insert(1, "point", idx)
     preds["event"] = ev
@@ -298,11 +303,18 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
 
         det.save(out_dir / "detector")
         write_run(out_dir, config={"numeric": asdict(cfg), "window": window, "stride": stride},
-                  metrics=metrics, predictions=preds)
+                  metrics=metrics, predictions=preds, command="numeric", data_dir=_data_dir(cfg))
         artifacts = {"detector": "detector", "predictions": "predictions.csv", "metrics": "metrics.json"}
     details = {k: metrics[k] for k in ("method", "window", "stride", "shots", "selection", "threshold", "notes")}
     return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out_dir,
                      summary=summary_line(metrics))
+
+
+def _data_dir(cfg: NumericConfig) -> Path | None:
+    """The data folder the run read (none for ``csv:<path>``)."""
+    from llmad.api.result import data_dir_used
+
+    return None if parse_spec(cfg.data, family="series")[0] == "csv" else data_dir_used(cfg.data_dir)
 
 
 def apply_threshold_rule(rule: tuple[str, float | None], det: Any, cfg: NumericConfig, val_ws: WindowSet,
@@ -349,14 +361,22 @@ def summary_line(m: dict[str, Any]) -> str:
 def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None = None, seq_len: int = 128,
                     d_model: int = 64, n_layers: int = 2, n_heads: int = 4, steps: int = 300,
                     batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.3, max_windows: int = 4000,
-                    seed: int = 0, log_every: int = 0) -> dict[str, Any]:
+                    seed: int = 0, log_every: int = 0, force: bool = False,
+                    hooks: RunHooks | None = None, quiet: bool = False) -> dict[str, Any]:
     """Self-supervised masked-reconstruction pretraining of a small MOMENT on the *train* parts of ``data``
-    (labels unused), saved with ``save_pretrained(out)`` so ``--model out`` loads it like a hub model."""
+    (labels unused), saved with ``save_pretrained(out/model)``; ``--model out`` loads it like a hub model.
+
+    ``out`` is a run folder (config.json, provenance.json, pretrain.json, metrics.json last); one holding an earlier
+    run is refused before any work unless ``force``; ``quiet``: library warnings go to ``<out>/warnings.log``."""
     from llmad.detectors.moment import pretrain_small_moment, small_moment_config
     from llmad.io import write_json
+    from llmad.rundir import check_out, quiet_warnings, write_run
 
+    hooks = RunHooks.of(hooks)
     if not data:
         raise LlmadError("pretrain moment: give at least one --data spec")
+    out = check_out(out, force=force)
+    hooks.stage(f"loading {', '.join(data)}")
     rng = np.random.default_rng(seed)
     chunks, used = [], {}
     for spec in data:
@@ -373,12 +393,19 @@ def pretrain_moment(data: Sequence[str], out: str | Path, data_dir: str | None =
     config = small_moment_config(seq_len=seq_len, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                                  d_ff=2 * d_model)
     t0 = time.perf_counter()
-    res = pretrain_small_moment(x, out, config=config, steps=steps, batch_size=batch_size, lr=lr,
-                                mask_ratio=mask_ratio, seed=seed, log_every=log_every)
+    hooks.stage(f"pretraining on {len(x)} sequences for {steps} steps")
+    with quiet_warnings(out, quiet):
+        res = pretrain_small_moment(x, out / "model", config=config, steps=steps, batch_size=batch_size, lr=lr,
+                                    mask_ratio=mask_ratio, seed=seed, log_every=log_every)
     res.update({"data": used, "sequences": int(len(x)), "seconds": time.perf_counter() - t0,
                 "note": "small MOMENT pretrained here on unlabeled train parts; a stand-in for MOMENT-1-large, "
-                        "whose weights are unreachable offline"})
-    write_json(Path(out) / "pretrain.json", res)
+                        "whose weights are unreachable offline", "model": "model"})
+    write_json(out / "pretrain.json", res)
+    settings = {"data": list(data), "seq_len": seq_len, "d_model": d_model, "n_layers": n_layers,
+                "n_heads": n_heads, "steps": steps, "batch_size": batch_size, "lr": lr, "mask_ratio": mask_ratio,
+                "max_windows": max_windows, "seed": seed, "data_dir": data_dir}
+    write_run(out, command="pretrain moment", data_dir=_data_dir(NumericConfig(data=data[0], data_dir=data_dir)),
+              config={"pretrain": settings}, metrics={k: v for k, v in res.items() if k != "note"})
     return res
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from llmad.api.hooks import QUIET, RunHooks
-from llmad.api.result import RunResult
+from llmad.api.result import RunResult, data_dir_used
 from llmad.data.splits import subsample
 from llmad.errors import LlmadError
 from llmad.interrupts import note_run
@@ -134,49 +134,51 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
                seed: int = 0, runs: int | None = None, val_runs: int | None = None, train_runs: int | None = None,
                test_workflow: str | None = None, data_dir: str | Path | None = None, out: str | Path | None = None,
                hooks: RunHooks | None = None, detector: Any = None,
-               on_alert: Callable[[dict], None] | None = None) -> RunResult:
+               on_alert: Callable[[dict], None] | None = None, force: bool = False) -> RunResult:
     """``llmad replay``: choose runs, open/fit the detector, set the threshold, replay, write the run folder.
 
     Per replayed run, ``hooks`` gets one ``log`` line and one ``advance``. ``detector`` skips opening ``model``
     (the harness passes one it loaded). The result's ``metrics`` are metrics.json's content, ``predictions`` the
     per-job frame (predictions.csv), and ``details["replay_result"]`` the engine's
-    :class:`llmad.stream.ReplayResult`.
+    :class:`llmad.stream.ReplayResult`. An ``out`` holding an earlier run is refused before any work unless
+    ``force``.
     """
     from llmad.io import write_frame_csv
-    from llmad.rundir import default_out, write_run
+    from llmad.rundir import check_out, default_out, quiet_warnings, write_run
 
     hooks = hooks or QUIET
     cfg.check()
     if detector is None and not model.startswith("baseline:") and not Path(model).exists():
         raise LlmadError(f"--model {model}: {NO_MODEL}")
-    if split == "none":
-        ids = None
-        members = [m[0] for m in list_run_members(data, data_dir)]
-        chosen = subsample(sorted(members), runs, seed)
-    else:
-        ids = split_run_ids(data, split, seed, data_dir, test_workflow)
-        if part not in ids:
-            raise LlmadError(f"--part {part!r}: expected train, validation or test")
-        chosen = subsample(ids[part], runs, seed)
-    if not chosen:
-        raise LlmadError("no runs to replay")
-    det = detector if detector is not None else open_detector(
-        model, data=data, ids=ids, data_dir=data_dir, train_runs=train_runs, seed=seed, quantize=cfg.quantize,
-        backend=cfg.backend, workers=cfg.workers)
-    thr = _threshold(det, cfg, ids, data, data_dir, val_runs, seed)
     name = Path(model).name if not model.startswith("baseline:") else model.replace(":", "-")
-    out_dir = Path(out) if out else default_out("replay", name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    note_run(out_dir)
+    out_dir = check_out(out or default_out("replay", name), force=force)
+    with quiet_warnings(out_dir, hooks.quiet):
+        if split == "none":
+            ids = None
+            members = [m[0] for m in list_run_members(data, data_dir)]
+            chosen = subsample(sorted(members), runs, seed)
+        else:
+            ids = split_run_ids(data, split, seed, data_dir, test_workflow)
+            if part not in ids:
+                raise LlmadError(f"--part {part!r}: expected train, validation or test")
+            chosen = subsample(ids[part], runs, seed)
+        if not chosen:
+            raise LlmadError("no runs to replay")
+        det = detector if detector is not None else open_detector(
+            model, data=data, ids=ids, data_dir=data_dir, train_runs=train_runs, seed=seed, quantize=cfg.quantize,
+            backend=cfg.backend, workers=cfg.workers)
+        thr = _threshold(det, cfg, ids, data, data_dir, val_runs, seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        note_run(out_dir)
 
-    def report(msg: str) -> None:
-        hooks.log(msg)
-        hooks.advance(1)
+        def report(msg: str) -> None:
+            hooks.log(msg)
+            hooks.advance(1)
 
-    hooks.stage(f"replaying {len(chosen)} runs", total=len(chosen))
-    res = replay(iter_runs(data, data_dir, chosen), det, cfg, thr, predictions_path=out_dir / "predictions.csv",
-                 alerts_path=out_dir / "alerts.jsonl" if cfg.reveal == "events" else None, progress=report,
-                 on_alert=on_alert)
+        hooks.stage(f"replaying {len(chosen)} runs", total=len(chosen))
+        res = replay(iter_runs(data, data_dir, chosen), det, cfg, thr, predictions_path=out_dir / "predictions.csv",
+                     alerts_path=out_dir / "alerts.jsonl" if cfg.reveal == "events" else None, progress=report,
+                     on_alert=on_alert)
     config = {"stream": config_dict(cfg), "model": model, "detector": getattr(det, "name", type(det).__name__),
               "data": data, "split": split, "part": part, "seed": seed, "runs": chosen,
               "runs_subsample": None if runs is None else int(runs), "test_workflow": test_workflow,
@@ -195,7 +197,8 @@ def run_replay(model: str, data: str, cfg: StreamConfig, *, split: str = "run", 
         write_frame_csv(out_dir / "features_steps.csv", res.features_table)
         artifacts["features_steps"] = "features_steps.csv"
     summary = summary_line(res, cfg)
-    write_run(out_dir, config=config, metrics=metrics, summary=summary)
+    write_run(out_dir, config=config, metrics=metrics, summary=None, command="replay",
+              data_dir=data_dir_used(data_dir))
     return RunResult(metrics, pd.read_csv(out_dir / "predictions.csv"),
                      details={"throughput": res.throughput, "threshold": thr, "curve": res.curve,
                               "runs": res.runs, "features_table": res.features_table, "config": config,

@@ -23,14 +23,27 @@ class RunResult:
     summary: str = ""  # the one line a CLI prints
 
 
+def data_dir_used(data_dir: str | Path | None) -> Path | None:
+    """The data folder a run read (the explicit one, else the first found), for config.json; None when none."""
+    from llmad.data.specs import find_data_dir
+    from llmad.errors import LlmadError
+
+    try:
+        return find_data_dir(data_dir)
+    except LlmadError:
+        return Path(data_dir) if data_dir is not None else None
+
+
 def predictions_frame(items: pd.DataFrame, scores: Any, threshold: float | None = None, *,
-                      predictions: Any = None, keys: Any = None) -> pd.DataFrame:
-    """Per-item rows: ``key`` (when given), the id columns ``items`` has, ``score`` and the 0/1 ``prediction``.
+                      predictions: Any = None, keys: Any = None,
+                      id_columns: tuple[str, ...] = ID_COLUMNS) -> pd.DataFrame:
+    """Per-item rows: ``key`` (when given), every one of ``id_columns`` (empty where ``items`` lacks it, so each
+    command's predictions.csv starts with the same columns), ``score`` and the 0/1 ``prediction``.
 
     ``prediction`` is ``score >= threshold`` unless ``predictions`` gives it (alert-based replays, k-of-n rules).
     """
-    cols = [c for c in ID_COLUMNS if c in items.columns]
-    out = items[cols].copy().reset_index(drop=True)
+    out = pd.DataFrame({c: items[c].to_numpy() if c in items.columns else np.full(len(items), "", dtype=object)
+                        for c in id_columns}, index=range(len(items)))
     if keys is not None:
         out.insert(0, "key", np.asarray(keys))
     out["score"] = np.asarray(scores, dtype=float)

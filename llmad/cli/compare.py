@@ -8,14 +8,16 @@ from typing import List, Optional
 import typer
 
 from llmad.cli.apps import app
-from llmad.cli.options import LlmadCommand
+from llmad.cli.options import LlmadCommand, config_options
+from llmad.rundir import RunOptions
 
 
 @app.command(cls=LlmadCommand)
+@config_options(RunOptions, into="common",
+                helps={"out": "(compare: default runs/compare/NAME; an earlier comparison there is its cache)"})
 def compare(
     recipe: str = typer.Argument(..., help="recipe YAML, e.g. recipes/quickstart.yaml"),
-    out: Optional[str] = typer.Option(None, "--out", "-o",
-                                      help="output folder (default: runs/compare/NAME, NAME from the recipe)"),
+    common: dict = None,
     resume: bool = typer.Option(False, "--resume",
                                 help="continue interrupted runs from their checkpoints (finished runs are always "
                                      "reused)"),
@@ -23,12 +25,14 @@ def compare(
                                              help="override a recipe key (wins over the file), e.g. "
                                                   "--set seeds=[0,1] --set methods.rf-plain.config.n_estimators=50 "
                                                   "--set datasets.1000genome.limit=2000"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Compare methods x datasets from a recipe; cached runs, a results table, plots and a report."""
     from llmad.harness import compare as run_compare
 
-    rep = run_compare(recipe, out=out, resume=resume, overrides=set_ or [], quiet=quiet)
+    from llmad.config import merge
+
+    r = merge(RunOptions(), common)
+    rep = run_compare(recipe, out=r.out, resume=resume, overrides=set_ or [], quiet=r.quiet, force=r.force)
     typer.echo(rep["paths"]["results_md"].read_text())
     st = rep["status"]
     n = {k: sum(1 for s in st if s["status"] == k) for k in ("done", "cached", "failed", "refused")}

@@ -8,15 +8,18 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options
+from llmad.rundir import RunOptions
 
 
 @app.command(cls=ConfigCommand)
 @config_options("llmad.detectors.icl.config:ICLConfig", into="icl_opts",
                 short={"model": "-m", "shots": "-k", "template": "-t"})
 @config_options("llmad.api.icl:ICLRun", into="run_opts", short={"data": "-d", "out": "-o"})
-def icl(icl_opts: dict, run_opts: dict) -> None:
+@config_options(RunOptions, into="common")
+def icl(icl_opts: dict, run_opts: dict, common: dict) -> None:
     """In-context learning with a decoder LLM; metrics on the test part, threshold from validation."""
     from llmad.api.icl import ICLRun, run_icl
+    from llmad.cli.progress import cli_hooks
     from llmad.config import merge
     from llmad.detectors.icl.config import ICLConfig
     from llmad.errors import LlmadError
@@ -28,4 +31,8 @@ def icl(icl_opts: dict, run_opts: dict) -> None:
         raise LlmadError("--max-new-tokens must be positive")
     cfg = merge(ICLConfig(), icl_opts).validate()
     resolve_model(cfg.model)  # an unreachable hub id fails here, before any data is loaded
-    run_icl(cfg, merge(ICLRun(), run_opts), printer=typer.echo)
+    quiet = bool(common.get("quiet"))
+    with cli_hooks(quiet) as hooks:
+        res = run_icl(cfg, merge(ICLRun(), run_opts), hooks=hooks, force=bool(common.get("force")))
+    if quiet:  # otherwise the run logged it already
+        typer.echo(res.summary)

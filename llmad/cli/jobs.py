@@ -27,7 +27,11 @@ def import_(path: str = typer.Argument(..., help="job table: CSV, CSV.gz, Parque
     from llmad.data.jobs import infer_column_map, map_yaml, read_table, sidecar_path, table_report
     from llmad.errors import LlmadError
     from llmad.io import atomic_write_text
+    from llmad.rundir import check_out
 
+    for flag, given in (("--out", out), ("--map-out", map_out)):  # before any work: one line, exit 2
+        if given:
+            check_out(given, kind="file", flag=flag)
     if infer:
         if columns:
             raise LlmadError("--infer writes a new map; drop --columns (or edit that map instead)")

@@ -10,16 +10,18 @@ import typer
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options
 from llmad.config import DataConfig
+from llmad.rundir import RunOptions
 
 
 @app.command(cls=ConfigCommand)
 @config_options("llmad.detectors.nll.config:NLLConfig", into="nll_opts", short={"model": "-m", "template": "-t"})
 @config_options(DataConfig, into="data_opts", exclude=("limit",))
 @config_options("llmad.api.nll:NLLRunConfig", into="run_opts", short={"out": "-o"})
-def nll(nll_opts: dict, data_opts: dict, run_opts: dict) -> None:
+@config_options(RunOptions, into="common")
+def nll(nll_opts: dict, data_opts: dict, run_opts: dict, common: dict) -> None:
     """Label-free detection: fine-tune a causal LM on serialized rows, score by value NLL; thresholds without labels."""
-    from llmad.api.hooks import RunHooks
     from llmad.api.nll import NLLRunConfig, run_nll
+    from llmad.cli.progress import cli_hooks
     from llmad.config import merge
     from llmad.detectors.nll.config import NLLConfig
     from llmad.models.resolve import resolve_model
@@ -32,5 +34,7 @@ def nll(nll_opts: dict, data_opts: dict, run_opts: dict) -> None:
         v = getattr(cfg, name)
         if v is not None and v <= 0:
             raise typer.BadParameter(f"{'--limit' if name == 'test_limit' else '--val-limit'} must be positive")
-    res = run_nll(cfg, hooks=RunHooks(log=typer.echo))
+    quiet = bool(common.get("quiet"))
+    with cli_hooks(quiet) as hooks:
+        res = run_nll(cfg, hooks=hooks, force=bool(common.get("force")))
     typer.echo(res.summary)

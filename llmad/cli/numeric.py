@@ -12,6 +12,7 @@ import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, LlmadCommand, LlmadGroup, config_options
+from llmad.rundir import RunOptions
 
 pretrain_app = typer.Typer(help="Self-supervised pretraining of small foundation models on unlabeled train data.",
                            no_args_is_help=True, cls=LlmadGroup)
@@ -20,23 +21,29 @@ app.add_typer(pretrain_app, name="pretrain")
 
 @app.command(cls=ConfigCommand)
 @config_options("llmad.api.numeric:NumericConfig", into="opts")
-def numeric(opts: dict) -> None:
+@config_options(RunOptions, into="common")
+def numeric(opts: dict, common: dict) -> None:
     """Fit a numeric detector on train windows, threshold on validation, report test metrics."""
     from llmad.api.numeric import NumericConfig, run_numeric
+    from llmad.cli.progress import cli_hooks
     from llmad.config import merge
     from llmad.rundir import default_out
 
     cfg = merge(NumericConfig(), opts)
+    r = merge(RunOptions(), common)
     if not cfg.out:
         cfg.out = str(default_out("numeric", f"{cfg.method}-{cfg.data.replace(':', '-').replace('/', '_')}"))
-    print(run_numeric(cfg).summary)
+    with cli_hooks(r.quiet) as hooks:
+        res = run_numeric(cfg, hooks=hooks, force=r.force)
+    typer.echo(res.summary)
     typer.echo(f"wrote {cfg.out}")
 
 
 @pretrain_app.command("moment", cls=LlmadCommand)
+@config_options(RunOptions, into="common", helps={"out": "(the model goes to <out>/model; --model <out> loads it)"})
 def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", "-d", help="Dataset spec(s); only their train "
                                                                              "parts are used, labels ignored."),
-                        out: str = typer.Option(..., "--out", help="Folder for save_pretrained."),
+                        common: dict = None,
                         seq_len: int = typer.Option(128, help="Input length (a multiple of 8)."),
                         d_model: int = typer.Option(64, help="Model width."),
                         layers: int = typer.Option(2, help="Transformer layers."),
@@ -50,10 +57,17 @@ def pretrain_moment_cmd(data: List[str] = typer.Option(..., "--data", "-d", help
                         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data folder.")) -> None:
     """Masked-reconstruction pretraining of a small MOMENT; load it later with `llmad numeric --model OUT`."""
     from llmad.api.numeric import pretrain_moment
+    from llmad.cli.progress import cli_hooks
+    from llmad.config import merge
+    from llmad.rundir import default_out
 
-    res = pretrain_moment(data, out, data_dir=data_dir, seq_len=seq_len, d_model=d_model, n_layers=layers,
-                          n_heads=heads, steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio,
-                          max_windows=max_windows, seed=seed, log_every=max(1, steps // 10))
+    r = merge(RunOptions(), common)
+    out = r.out or str(default_out("pretrain", "moment"))
+    with cli_hooks(r.quiet) as hooks:
+        res = pretrain_moment(data, out, data_dir=data_dir, seq_len=seq_len, d_model=d_model, n_layers=layers,
+                              n_heads=heads, steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio,
+                              max_windows=max_windows, seed=seed, log_every=0 if r.quiet else max(1, steps // 10),
+                              force=r.force, hooks=hooks, quiet=r.quiet)
     typer.echo(f"pretrained {res['parameters']} parameters for {res['steps']} steps "
                f"(loss {res['first_loss']:.3f} -> {res['last_loss']:.3f}); wrote {out}")
 
@@ -78,7 +92,9 @@ def windows_text(data: str = typer.Option("nezha:trainticket", "--data", "-d", h
     from llmad.errors import LlmadError
     from llmad.io import write_frame_csv
     from llmad.api.numeric import NumericConfig, load_split, render_windows
+    from llmad.rundir import check_out
 
+    check_out(out, kind="file")
     sp = load_split(NumericConfig(data=data, data_dir=data_dir, split=split, view=view))
     parts = sp.parts()
     if part not in parts:

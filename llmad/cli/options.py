@@ -31,6 +31,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from llmad.cli.vocabulary import DEPRECATED
+from llmad.errors import warn
 
 SPECS = "__llmad_config_specs__"
 
@@ -301,7 +302,7 @@ def command_path(ctx: Any) -> str:
 
 def rewrite_deprecated(path: str, args: list[str]) -> list[str]:
     """``args`` with the old spellings of ``path``'s flags (``llmad.cli.vocabulary.DEPRECATED``) replaced, each
-    named once in a ``warning [deprecated-flag]`` on stderr."""
+    named once in a ``warning [deprecated-flag]`` (``llmad.errors.warn``)."""
     old_new = DEPRECATED.get(path, {})
     out, warned = [], set()
     for i, a in enumerate(args):
@@ -313,7 +314,7 @@ def rewrite_deprecated(path: str, args: list[str]) -> list[str]:
             a = old_new[flag] + eq + value
             if flag not in warned:
                 warned.add(flag)
-                typer.echo(f"warning [deprecated-flag]: {flag} is now {old_new[flag]}", err=True)
+                warn("deprecated-flag", f"{flag} is now {old_new[flag]}")
         out.append(a)
     return out
 

@@ -33,6 +33,10 @@ def render(dataset: Optional[str] = typer.Argument(None, help="Dataset spec (the
     template, causal, split = t.name, t.causal, d.split
 
     get_template(template, "job")  # fail on a bad template before loading data
+    if out:
+        from llmad.rundir import check_out
+
+        check_out(out, kind="file")
     s = load_split(spec, split=split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
                    context=(template == "context"), causal=causal, columns=d.columns)
     df = s.part(part)

@@ -11,8 +11,9 @@ from typing import Optional
 import typer
 
 from llmad.cli.apps import app
-from llmad.cli.options import ConfigCommand, LlmadCommand, config_options, model_folder
-from llmad.config import DataConfig, field_help
+from llmad.cli.options import ConfigCommand, config_options, model_folder
+from llmad.config import DataConfig, field_help, merge
+from llmad.rundir import RunOptions
 
 
 @app.command(cls=ConfigCommand)
@@ -20,14 +21,15 @@ from llmad.config import DataConfig, field_help
                 short={"model": "-m", "template": "-t", "progress": "-q"})
 @config_options(DataConfig, into="data_opts")
 @config_options("llmad.api.sft:SFTRunConfig", into="run_opts", short={"out": "-o"})
+@config_options(RunOptions, into="common")
 def sft(
-    sft_opts: dict, data_opts: dict, run_opts: dict,
+    sft_opts: dict, data_opts: dict, run_opts: dict, common: dict,
     config: Optional[str] = typer.Option(None, "--config", help="YAML with data:/sft: sections (options override)"),
 ) -> None:
     """Fine-tune an encoder classifier on job sentences (HF Trainer); save the model and test metrics."""
-    from llmad.api.hooks import RunHooks
     from llmad.api.sft import SFTRunConfig, run_sft
-    from llmad.config import from_dict, load_yaml, merge
+    from llmad.cli.progress import cli_hooks
+    from llmad.config import from_dict, load_yaml
     from llmad.detectors.sft.config import parse_freeze
     from llmad.models.resolve import check_precision, resolve_model
 
@@ -43,13 +45,16 @@ def sft(
     # --resume is a command-line decision only (a config file never resumes by itself).
     cfg = merge(SFTRunConfig(data=d, sft=s, out=base.out, resume=False, keep_checkpoints=base.keep_checkpoints,
                              save_model=base.save_model), run_opts)
-    res = run_sft(cfg, hooks=RunHooks(log=typer.echo))
+    with cli_hooks(bool(common.get("quiet"))) as hooks:
+        res = run_sft(cfg, hooks=hooks, force=bool(common.get("force")))
     if res.summary:  # empty on the worker ranks of a multi-process run
         typer.echo(res.summary)
 
 
-@app.command(cls=LlmadCommand)
+@app.command(cls=ConfigCommand)
+@config_options(RunOptions, into="common")
 def predict(
+    common: dict,
     model: str = typer.Option(..., "--model", "-m", help="a saved job detector: <out>/model of sft, icl, baseline"
                                                        " (or the run folder <out>)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec, e.g. flowbench:montage"),
@@ -61,15 +66,16 @@ def predict(
     seed: int = typer.Option(0, "--seed", help="seed of the split and of the --limit sample"),
     limit: Optional[int] = typer.Option(None, "--limit", help="score a seeded sample of N jobs"),
     quantize: bool = typer.Option(False, "--quantize", help="dynamic int8 quantized scoring on CPU"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder [runs/predict/<data>-<time>]"),
 ) -> None:
     """Score jobs with a saved detector (sft, icl, baseline): predictions.csv, and metrics when labels are present."""
-    from llmad.api.hooks import RunHooks
     from llmad.api.predict import run_predict
+    from llmad.cli.progress import cli_hooks
     from llmad.data.specs import with_columns
 
+    r = merge(RunOptions(), common)
     model = model_folder(model)
-    res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed,
-                      test_workflow=test_workflow, limit=limit, out=out, quantize=quantize,
-                      hooks=RunHooks(log=typer.echo))
+    with cli_hooks(r.quiet) as hooks:
+        res = run_predict(model, with_columns(data, columns), data_dir=data_dir, split=split, part=part, seed=seed,
+                          test_workflow=test_workflow, limit=limit, out=r.out, quantize=quantize, hooks=hooks,
+                          force=r.force)
     typer.echo(res.summary)

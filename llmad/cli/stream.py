@@ -13,6 +13,7 @@ import typer
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options, model_folder
 from llmad.config import DataConfig, field_help
+from llmad.rundir import RunOptions
 
 # watch scores with torch by default: a resumed watch re-scores sentences in other batches, and fp32 keeps that
 # batch-invariant to ~1e-7 (bf16/int8 move scores by ~1e-3/1e-2, which could flip an alert after a restart).
@@ -22,6 +23,7 @@ STREAM_CONFIG = "llmad.stream.config:StreamConfig"
 
 @app.command(cls=ConfigCommand)
 @config_options(STREAM_CONFIG, into="stream_opts")
+@config_options(RunOptions, into="common")
 def replay(
     model: str = typer.Option(..., "--model", "-m", help="saved detector folder, or baseline:rf[-context]"),
     data: str = typer.Option("flowbench:1000genome", "--data", "-d", help="Flow-Bench spec"),
@@ -35,25 +37,27 @@ def replay(
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="baseline:...: fit on N train runs"),
     val_limit: Optional[int] = typer.Option(None, "--val-limit", help="--threshold validation: replay N runs"),
     stream_opts: dict = None,
-    out: Optional[str] = typer.Option(None, "--out", help="run folder (default runs/replay/...)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no per-run progress lines"),
+    common: dict = None,
 ) -> None:
     """Replay DAG runs in event time; per-job first alert, lead times, false alerts, early-detection curve."""
     import json
 
-    from llmad.api.hooks import RunHooks
     from llmad.api.replay import run_replay
     from llmad.config import merge
     from llmad.data.specs import with_columns
     from llmad.stream.config import StreamConfig, parse_speed
 
+    from llmad.cli.progress import cli_hooks
+
     cfg = merge(StreamConfig(), stream_opts).check()
-    prog = None if quiet else (lambda m: typer.echo(m, err=True))
+    r = merge(RunOptions(), common)
     # A paced replay is a live demo: alerts go to stdout as they fire (they are also saved in alerts.jsonl).
     live = (lambda a: typer.echo(json.dumps(a, sort_keys=True))) if parse_speed(cfg.speed) is not None else None
-    res = run_replay(model_folder(model), with_columns(data, columns), cfg, split=split, part=part, seed=seed,
-                     runs=limit, val_runs=val_limit, train_runs=train_limit, test_workflow=test_workflow,
-                     data_dir=data_dir, out=out, hooks=RunHooks(log=prog), on_alert=live)
+    with cli_hooks(r.quiet, err=True) as hooks:
+        res = run_replay(model_folder(model), with_columns(data, columns), cfg, split=split, part=part, seed=seed,
+                         runs=limit, val_runs=val_limit, train_runs=train_limit, test_workflow=test_workflow,
+                         data_dir=data_dir, out=r.out, hooks=hooks, on_alert=live, force=r.force)
+    typer.echo(res.summary)
     typer.echo(f"wrote {res.out_dir}")
 
 
@@ -88,9 +92,14 @@ def watch(
     from llmad.stream.config import StreamConfig
     from llmad.stream.watch import Watcher
 
+    from llmad.rundir import check_out
+
     cfg = merge(StreamConfig(**WATCH_DEFAULTS), stream_opts).check()
     if fmt not in (None, "csv", "jsonl"):
         raise LlmadError(f"--format {fmt!r}: expected csv or jsonl")
+    for flag, given in (("--alerts", alerts), ("--state", state)):  # appended to across restarts: reuse is fine
+        if given:
+            check_out(given, kind="file", flag=flag)
     det = open_detector(model_folder(model), quantize=cfg.quantize, backend=cfg.backend)
     if cfg.threshold == "model":
         if getattr(det, "threshold_", None) is None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +33,7 @@ import pandas as pd
 
 from llmad.data.checks import read_member
 from llmad.data.timeseries import Series, SeriesSplit, clean_values, cut_at_times, fault_type_split, split_at_gaps
-from llmad.errors import DataError, LlmadError
+from llmad.errors import DataError, LlmadError, warn
 
 FAULT_SECONDS = 180
 META_COLS = ("Time", "TimeStamp", "PodName", "ServiceName")
@@ -131,9 +130,8 @@ def load_raw(path: Path) -> tuple[dict[str, dict[str, pd.DataFrame]], pd.DataFra
                     faults.append({"day": m.group(1), "inject_time": f["inject_time"], "pod": f["inject_pod"],
                                    "type": f["inject_type"], "inject_timestamp": f.get("inject_timestamp")})
     if info["skipped_files"]:
-        print(f"llmad: warning [nezha-extra-files]: {path}: {len(info['skipped_files'])} CSV file(s) beside the pod "
-              f"metrics are not pod metrics and were skipped: "
-              f"{', '.join(sorted({Path(n).name for n in info['skipped_files']}))}", file=sys.stderr)
+        warn("nezha-extra-files", f"{path}: {len(info['skipped_files'])} CSV file(s) beside the pod metrics are not "
+             f"pod metrics and were skipped: {', '.join(sorted({Path(n).name for n in info['skipped_files']}))}")
     if not days:
         raise DataError("no rca_data/<day>/metric/*.csv members found", file=str(path))
     if not faults:

@@ -13,6 +13,9 @@ tiny model). momentfm 0.1.4 is installed ``--no-deps``; its model code runs on t
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,6 +62,12 @@ def build_moment(config: dict[str, Any], train_all: bool = False):
     return m
 
 
+def moment_location(name: str) -> str:
+    """``name``, or the model folder inside it when ``name`` is an ``llmad pretrain moment`` run folder."""
+    inner = Path(name).expanduser() / "model"
+    return str(inner) if (inner / "config.json").is_file() and (inner.parent / "pretrain.json").is_file() else name
+
+
 def load_moment(name: str, train_all: bool = False):
     """``MOMENTPipeline.from_pretrained`` on a hub id or a local folder, with a clear error when unreachable."""
     from momentfm import MOMENTPipeline
@@ -67,12 +76,17 @@ def load_moment(name: str, train_all: bool = False):
     from llmad.models.resolve import resolve_model
 
     try:
-        loc = resolve_model(name).location
+        loc = resolve_model(moment_location(name)).location
     except ModelNotFoundError as e:
         raise ModelNotFoundError(f"{e}. For MOMENT offline, pretrain a small one with `llmad pretrain moment "
                                  f"--data ... --out DIR` and pass --model DIR") from None
     try:
-        m = MOMENTPipeline.from_pretrained(loc, model_kwargs=_model_kwargs(train_all, train_all))
+        # huggingface_hub prints "Loading weights from local directory" to stdout: make it a log record, which
+        # -q sends to <out>/warnings.log (llmad.rundir.quiet_warnings) and keeps stdout for results.
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            m = MOMENTPipeline.from_pretrained(loc, model_kwargs=_model_kwargs(train_all, train_all))
+        if said.getvalue().strip():
+            logging.getLogger("momentfm").warning(said.getvalue().strip())
     except Exception as e:  # wrong folder contents, incompatible config
         raise LlmadError(f"MOMENT model {name!r} could not be loaded: {type(e).__name__}: {e}") from None
     m.init()

@@ -14,7 +14,7 @@ from llmad.api.hooks import RunHooks
 from llmad.api.result import ID_COLUMNS, RunResult, predictions_frame
 from llmad.config import DataConfig, from_dict
 from llmad.data.splits import subsample
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, warn
 from llmad.harness.context import RunContext
 from llmad.harness.guard import LeakageError, job_keys, series_spans
 from llmad.harness.recipe import config_for_class
@@ -52,8 +52,9 @@ def adapter_baseline(ctx: RunContext) -> RunResult:
     ctx.guard.set_test(job_keys(test, "test"))
     ctx.guard.use("fit (train rows, incl. scaler statistics)", job_keys(train, "train"))
     ctx.guard.use("threshold (validation rows)", job_keys(val, "validation"))
+    # force=True in every adapter: the harness owns <out>/runs/<hash>/ (it clears or resumes it itself).
     res = run_baseline(DataConfig(**ctx.spec.data), cfg, out=ctx.run_dir / "baseline", split=split,
-                       limits=ctx.spec.limits, hooks=ctx.hooks)
+                       limits=ctx.spec.limits, hooks=ctx.hooks, force=True)
     m = _report(res.metrics)
     m.update(fit_seconds=res.metrics["fit_seconds"], score_ms_per_item=res.metrics["latency_ms_per_job"],
              n_train=int(len(train)), n_validation=int(len(val)))
@@ -75,7 +76,8 @@ def adapter_sft(ctx: RunContext) -> RunResult:
     out = ctx.run_dir / "sft"
     resume = ctx.resume and (out / "checkpoints").is_dir()
     res = run_sft(SFTRunConfig(data=DataConfig(**ctx.spec.data), sft=cfg, out=str(out), resume=resume,
-                               keep_checkpoints=False, save_model=True), split=split, hooks=ctx.hooks)
+                               keep_checkpoints=False, save_model=True), split=split, hooks=ctx.hooks,
+                  force=True)
     if res.details.get("paused"):
         raise LlmadError(f"sft paused at step {res.details['train_info']['steps']} (max_time_s): rerun with --resume")
     met, test = res.metrics, split.test
@@ -128,7 +130,7 @@ def adapter_icl(ctx: RunContext) -> RunResult:
     run = ICLRun(data=d["spec"], data_dir=d["data_dir"], split=d["split"], test_workflow=d["test_workflow"],
                  seed=ctx.spec.seed, limit=None, val_limit=None, out=str(ctx.run_dir / "icl"))
     res = run_icl(cfg, run, split=dataclasses.replace(split, train=train, validation=val, test=test),
-                  hooks=ctx.hooks, lm=None if cfg.lora_r else ctx.shared_lm(cfg))
+                  hooks=ctx.hooks, lm=None if cfg.lora_r else ctx.shared_lm(cfg), force=True)
     det = res.details["detector"]
     if cfg.shots and cfg.select != "nearest":
         used = det.demos_["job_id"].astype(str).tolist()
@@ -190,7 +192,7 @@ def adapter_numeric(ctx: RunContext) -> RunResult:
     ctx.guard.set_test_spans(series_spans(split.test))
     ctx.guard.use_spans("z-score normalisation + training windows (train)", series_spans(split.train))
     ctx.guard.use_spans("label pool + threshold (validation)", series_spans(split.validation))
-    res = run_numeric(cfg, split=split, hooks=ctx.hooks)
+    res = run_numeric(cfg, split=split, hooks=ctx.hooks, force=True)
     met, preds = res.metrics, res.predictions
     t = met["test"]
     m = {k: t.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc") if k in t}
@@ -263,8 +265,8 @@ def adapter_replay(ctx: RunContext) -> RunResult:
         ctx.stage(f"loading {source}")
         detector = open_detector(str(up_dir / "sft" / "model"), quantize=cfg.quantize)
     else:
-        ctx.log(f"replay source {source}: a saved detector from outside the recipe; its training rows are not "
-                f"known to the leakage guard")
+        warn("unguarded-source", f"replay source {source}: a saved detector from outside the recipe; its training "
+                                 f"rows are not known to the leakage guard (it may have seen these test runs)")
     if cfg.threshold == "validation":
         ctx.guard.use("alert threshold (validation runs)", subsample(ids["validation"], lim.get("validation"),
                                                                       d["seed"]))
@@ -272,7 +274,8 @@ def adapter_replay(ctx: RunContext) -> RunResult:
     res = run_replay(source, d["spec"], cfg, split=d["split"], part="test", seed=d["seed"], runs=lim.get("test"),
                      val_runs=lim.get("validation"), train_runs=lim.get("train"), test_workflow=d["test_workflow"],
                      data_dir=d["data_dir"], out=ctx.run_dir / "replay", detector=detector,
-                     hooks=RunHooks(log=None, stage=ctx.stage, advance=ctx.advance))  # a bar, not a line per run
+                     hooks=RunHooks(log=None, stage=ctx.stage, advance=ctx.advance),  # a bar, not a line per run
+                     force=True)
     wall = time.perf_counter() - t0
     rr = res.details["replay_result"]
     preds = _replay_predictions(res.predictions, cfg.reveal)

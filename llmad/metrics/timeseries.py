@@ -175,11 +175,12 @@ def contamination_threshold(scores: np.ndarray, q: float) -> float:
 
 
 def validation_warning(labels: np.ndarray, event_ids: np.ndarray) -> str | None:
-    """A named warning when the validation part is too short or holds too few anomalous events to set a threshold."""
+    """The ``thin-validation`` warning's text when the validation part is too short or holds too few anomalous
+    events to set a threshold (None when it is fine)."""
     n = len(labels)
     events = len({int(e) for e in np.unique(event_ids) if e >= 0})
     if n >= MIN_VALIDATION_POINTS and events >= MIN_VALIDATION_EVENTS:
         return None
-    return (f"warning [thin-validation]: the validation part has {n} points and {events} anomalous event(s) "
+    return (f"the validation part has {n} points and {events} anomalous event(s) "
             f"(fewer than {MIN_VALIDATION_POINTS} / {MIN_VALIDATION_EVENTS}): a threshold chosen on it may not "
             f"transfer to test; consider --threshold contamination:Q or val-robust")

@@ -60,14 +60,20 @@ def list_run_members(spec: str, data_dir: str | Path | None = None) -> list[tupl
 def iter_runs(spec: str, data_dir: str | Path | None = None, run_ids: Sequence[str] | None = None
               ) -> Iterator[pd.DataFrame]:
     """Yield one job table per DAG run, parsing one run at a time (memory does not grow with the stream)."""
-    from llmad.data.flowbench import read_run_csv
+    from llmad.data.checks import check_jobs
+    from llmad.data.flowbench import NUMERIC, read_run_csv
 
     wanted = None if run_ids is None else set(run_ids)
     for rid, name, read, wf in list_run_members(spec, data_dir):
         if wanted is not None and rid not in wanted:
             continue
         raw = read()
-        yield raw.reset_index(drop=True) if isinstance(raw, pd.DataFrame) else read_run_csv(raw, name, workflow=wf)
+        if isinstance(raw, pd.DataFrame):  # a jobs: table's run: load_jobs checked the whole table
+            yield raw.reset_index(drop=True)
+            continue
+        run = read_run_csv(raw, name, workflow=wf)
+        check_jobs(run, name, numeric=NUMERIC)  # what load_jobs checks, per run (a replay never loads them all)
+        yield run
 
 
 def _light_run(run_id: str, name: str, read: Callable[[], bytes], workflow: str) -> pd.DataFrame:

@@ -6,6 +6,7 @@ time): the watch tests and demos feed on them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -16,10 +17,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from llmad.data.checks import FLOAT32_MAX
 from llmad.data.flowbench import NUMERIC, TIMESTAMPS
 from llmad.data.reveal import (CTX_INPUTS, DERIVED_DELAYS, LABEL_COLUMNS, NAN, PHASE_INDEX, reveal_times,
                                timestamp_matrix)
-from llmad.errors import DataError, LlmadError
+from llmad.errors import DataError, LlmadError, warn
 from llmad.io import atomic_write_text
 from llmad.stream.alerts import AlertPolicy
 from llmad.stream.context import PeerContext, detector_inputs, detector_uses_context, is_known
@@ -115,6 +117,7 @@ class Watcher:
         self.rename = rename  # a jobs: column map's renaming (llmad.data.jobs.feed_renamer), applied per record
         self.max_bad_run = max_bad_run  # this many malformed lines in a row: the feed is not in this format
         self.bad_run = 0
+        self.huge_fields: set[str] = set()  # fields already named in a huge-value warning
         self.source = "feed"
         self.policy = AlertPolicy(threshold, alert, k, n)
         self.fmt = fmt
@@ -239,6 +242,12 @@ class Watcher:
             rec = self.rename(rec)
         if "job_id" not in rec and "" in rec:
             rec["job_id"] = rec.pop("")
+        # The loaders' checks (llmad.data.checks), per record: a feed goes on past one bad record, so a NUL (which
+        # a loader refuses) skips the record, and a huge value is named once per field (the detector clips it).
+        nul = next((c for c, v in rec.items() if isinstance(v, str) and "\0" in v), None)
+        if nul is not None:
+            self._bad(lineno, f"field {nul!r}: NUL byte in the value (a damaged or binary feed)", line)
+            return None
         if "job_id" not in rec:
             self._bad(lineno, "no job_id", line)
             return None
@@ -250,6 +259,10 @@ class Watcher:
                     self._bad(lineno, f"field {c!r}: expected a number, got {str(v)[:40]!r}", line)
                     return None
                 rec[c] = f
+                if c not in self.huge_fields and math.isfinite(f) and abs(f) > FLOAT32_MAX:
+                    self.huge_fields.add(c)
+                    warn("huge-value", f"{self.source}, line {lineno}, field {c!r}: {f:.3g} is beyond ±3.4e38; "
+                                       f"clipped to ±3.4e38 as a model feature (named once per field)")
             elif not isinstance(v, (str, int, float, bool)):
                 rec[c] = json.dumps(v)
         if "host" not in rec and "kickstart_hostname" in rec:
@@ -267,9 +280,9 @@ class Watcher:
         self.bad_run += 1
         n = self.counts["malformed"]
         if n <= SHOWN_MALFORMED:
-            self.log(f"llmad watch: warning [malformed-line]: line {lineno}: {msg}; record skipped")
+            warn("malformed-line", f"{self.source}, line {lineno}: {msg}; record skipped")
         elif n == SHOWN_MALFORMED + 1:
-            self.log("llmad watch: warning [malformed-line]: more malformed lines; counted, not shown")
+            warn("malformed-line", f"{self.source}: more malformed lines; counted, not shown")
         if self.bad_run >= self.max_bad_run:
             self._forget_empty_state()
             raise LlmadError(

@@ -28,7 +28,8 @@ def test_run_icl_returns_a_run_result(smol_tokenizer, tmp_path):
     assert m["test_rows"] == 10 and m["validation_rows"] == 6 and m["split"] == "synthetic"
     assert set(res.metrics) == set(m) and "argmax" in m and "mean_label_mass" in m
     pred = res.predictions
-    assert list(pred.columns[:5]) == ["job_id", "label", "anomaly_type", "score", "prediction"]
+    # every id column, empty where the jobs have none (these synthetic ones lack workflow and run_id)
+    assert list(pred.columns[:7]) == ["workflow", "run_id", "job_id", "label", "anomaly_type", "score", "prediction"]
     assert {"raw_logit", "p_abnormal", "label_mass", "demos_kept"} <= set(pred.columns)
     np.testing.assert_array_equal(pred["prediction"], (pred["score"] >= det.threshold_).astype(int))
     # The test subsample is the seeded one of llmad.data.splits.subsample.

@@ -61,7 +61,9 @@ def test_sft_minilm_end_to_end_then_predict_scores_equal(real_runs, tmp_path):
     r = llmad("sft", "--model", "minilm", "--data", real_runs, "--max-steps", "4", "--eval-steps", "2",
               "--batch-size", "16", "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "validation loss" in r.stdout  # the per-evaluation line
+    # -q: only the summary line (quiet means quiet; the per-evaluation lines are in train_log.json)
+    assert r.stdout.strip().splitlines() == [r.stdout.strip()] and r.stdout.startswith("sft minilm")
+    assert "{'loss'" not in r.stdout + r.stderr and "validation loss" not in r.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert m["sizes"]["train"] > 300 and m["train"]["steps"] == 4
     assert 0.0 <= m["test"]["accuracy"] <= 1.0 and "f1" in m["test"] and "roc_auc" in m["test"]

@@ -38,17 +38,22 @@ def info(spec, *extra) -> tuple:
     return res, (json.loads(res.out) if res.rc == 0 else None)
 
 
+def damage_member(path, member: str, lo: int, hi: int) -> None:
+    """Flip the bytes ``lo:hi`` of ``member``'s compressed data in the zip at ``path`` (deflate damage)."""
+    raw = bytearray(path.read_bytes())
+    m = zipfile.ZipFile(path).getinfo(member)
+    start = m.header_offset + 30 + len(m.filename.encode()) + len(m.extra)  # 30: the local file header
+    for i in range(start + lo, start + hi):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
 def test_deflate_damage_names_archive_and_member(tmp_path):
     path = tmp_path / "toywf.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, raw in csv_bytes(runs()).items():
             zf.writestr(name, raw)
-    raw = bytearray(path.read_bytes())
-    m = zipfile.ZipFile(path).getinfo("toywf-run0002.csv")
-    start = m.header_offset + 30 + len(m.filename.encode()) + len(m.extra)
-    for i in range(start + 10, start + 40):
-        raw[i] ^= 0x5A
-    path.write_bytes(bytes(raw))
+    damage_member(path, "toywf-run0002.csv", 10, 40)
     with pytest.raises(zlib.error):  # the damage is the kind that reached users as a zlib traceback
         zipfile.ZipFile(path).read("toywf-run0002.csv")
     assert_user_error(run_cli(["data", "info", f"flowbench:{path}"]), "toywf.zip", "toywf-run0002.csv", "damaged")
@@ -166,12 +171,7 @@ def test_damaged_npz_member_is_one_line(tmp_path):
     path = tmp_path / "machine-1-1.npz"
     rng = np.random.default_rng(0)
     np.savez_compressed(path, train=rng.random((400, 3)), test=rng.random((400, 3)), test_label=np.zeros(400))
-    raw = bytearray(path.read_bytes())
-    m = zipfile.ZipFile(path).getinfo("test.npy")
-    start = m.header_offset + 30 + len(m.filename.encode()) + len(m.extra)
-    for i in range(start + 20, start + 60):
-        raw[i] ^= 0x5A
-    path.write_bytes(bytes(raw))
+    damage_member(path, "test.npy", 20, 60)
     res = run_cli(["numeric", "--method", "iforest", "--data", f"smd:{path}", "--out", tmp_path / "o"])
     assert_user_error(res, "machine-1-1.npz")
     assert_nothing_partial(tmp_path / "o")

@@ -84,6 +84,36 @@ def test_stdin_detects_the_format(rf_dir, fmt):
     assert "40 records" in res.err and "0 malformed" in res.err
 
 
+def test_feed_records_get_the_loaders_checks(tmp_path, rf_dir):
+    """A NUL skips its record (a malformed line), a huge value is named once per field; the rest is scored."""
+    recs = _records(40)
+    recs[3]["host"] = "ab\u0000cd"
+    for i in (5, 6):
+        recs[i]["runtime"] = 1e308
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(_jsonl(recs))
+    res = run_cli(["watch", feed, "--model", rf_dir, "--no-follow", "--alerts", tmp_path / "a.jsonl"], timeout=30)
+    assert res.rc == 0, res.text[-2000:]
+    assert_warned(res, "[huge-value]")
+    assert res.err.count("[huge-value]") == 1 and "line 6, field 'runtime'" in res.err
+    assert "line 4: field 'host': NUL byte" in res.err
+    assert "39 records" in res.err and "1 malformed" in res.err
+
+
+def test_replayed_runs_get_the_loaders_checks(tmp_path):
+    """A replay parses one run at a time (never the whole table): each run gets load_jobs' checks."""
+    from llmad.errors import DataError
+    from llmad.stream import iter_runs
+    from tests.conftest import make_run_frame, write_zip
+
+    run = make_run_frame(1, anomalous_host="worker1")
+    run.iloc[1, 0] = run.iloc[0, 0]  # one job id (the unnamed first column), two labels
+    run.loc[0, "anomaly_type"], run.loc[1, "anomaly_type"] = "None", "cpu_3"
+    z = write_zip(tmp_path / "toywf.zip", {"toywf-run0001": run})
+    with pytest.raises(DataError, match="row 3.*field 'anomaly_type'.*keep one row per job"):
+        list(iter_runs(f"flowbench:{z}"))
+
+
 def test_stdin_all_bad_exits_2(rf_dir):
     res = run_cli_process(["watch", "-", "--model", rf_dir, "--format", "jsonl"], stdin="a,b\n1,2\n3,4\n",
                           timeout=60)

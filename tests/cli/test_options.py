@@ -29,18 +29,22 @@ from llmad.detectors.baselines import BaselineConfig
 from llmad.detectors.icl.config import ICLConfig
 from llmad.detectors.nll.config import NLLConfig
 from llmad.detectors.sft.config import SFTConfig
+from llmad.rundir import RunOptions
 from llmad.stream.config import StreamConfig
 
 # command -> the config classes whose fields are its options
 COMMANDS = {
-    "baseline": {DataConfig, BaselineConfig},
+    "baseline": {DataConfig, BaselineConfig, RunOptions},
     "render": {DataConfig, TemplateConfig},
-    "sft": {SFTConfig, DataConfig, SFTRunConfig},
-    "icl": {ICLConfig, ICLRun},
-    "nll": {NLLConfig, DataConfig, NLLRunConfig},
-    "replay": {StreamConfig},
+    "sft": {SFTConfig, DataConfig, SFTRunConfig, RunOptions},
+    "predict": {RunOptions},
+    "icl": {ICLConfig, ICLRun, RunOptions},
+    "nll": {NLLConfig, DataConfig, NLLRunConfig, RunOptions},
+    "replay": {StreamConfig, RunOptions},
     "watch": {StreamConfig},
-    "numeric": {NumericConfig},
+    "numeric": {NumericConfig, RunOptions},
+    "compare": {RunOptions},
+    "pretrain moment": {RunOptions},
 }
 # cli=True fields a command deliberately does not offer, and why
 EXCLUDED = {
@@ -52,20 +56,23 @@ EXCLUDED = {
 }
 # Options that belong to the command, not to a config (where outputs go, how to print, which stored model ...).
 COMMAND_ONLY = {
-    "baseline": {"out"},
+    "baseline": set(),
     "render": {"dataset", "part", "out"},
     "sft": {"config"},
     "icl": set(),
     "nll": set(),
     "replay": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "train_limit",
-               "val_limit", "out", "quiet", "columns"},
+               "val_limit", "columns"},
+    "predict": {"model", "data", "data_dir", "split", "part", "test_workflow", "seed", "limit", "quantize", "columns"},
+    "compare": {"recipe", "resume", "set_"},
+    "pretrain moment": {"data", "seq_len", "d_model", "layers", "heads", "steps", "batch_size", "lr", "mask_ratio",
+                        "max_windows", "seed", "data_dir"},
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
               "checkpoint_s", "columns"},
     "numeric": set(),
 }
 # Commands without a config class: all their options are their own.
-NO_CONFIG = {"predict", "compare", "pretrain moment", "windows-text", "data info", "data list", "data fetch",
-             "data import"}
+NO_CONFIG = {"windows-text", "data info", "data list", "data fetch", "data import"}
 
 # Every flag of every command before options were generated (flags must keep their names and short forms; a flag
 # renamed on purpose keeps working as a deprecated alias, llmad.cli.vocabulary.DEPRECATED).

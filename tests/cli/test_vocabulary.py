@@ -7,6 +7,7 @@ import pytest
 from cli_walk import COMMANDS, context, long_flag, options
 from llmad.cli.options import LlmadCommand
 from llmad.cli.vocabulary import DEPRECATED, OWN, SHORT, VOCABULARY
+from llmad.errors import LlmadWarning
 
 # Vocabulary words no command has yet, and why (remove an entry once a command has the flag).
 NOT_YET_USED = {"--force": "h-rundir adds --force to every command (issue 18 item 4)"}
@@ -60,20 +61,22 @@ VALUES = {"--int8": True}
 
 
 @pytest.mark.parametrize("path, old", [(p, o) for p in sorted(DEPRECATED) for o in sorted(DEPRECATED[p])])
-def test_deprecated_spelling_still_works(path, old, capsys):
+def test_deprecated_spelling_still_works(path, old):
     new = DEPRECATED[path][old]
     value = VALUES.get(old, 7)
     args = [*REQUIRED.get(path, []), old] + ([] if value is True else [f"{value}"])
-    ctx = COMMANDS[path].make_context(path.split()[-1], args, parent=context(path))
+    with pytest.warns(LlmadWarning, match=f"{old} is now {new}$") as caught:
+        ctx = COMMANDS[path].make_context(path.split()[-1], args, parent=context(path))
     param = next(p for p in options(path) if new in p.opts)
     assert ctx.params[param.name] == value
-    assert f"warning [deprecated-flag]: {old} is now {new}" in capsys.readouterr().err
+    assert [w.message.name for w in caught] == ["deprecated-flag"]
 
 
 def test_deprecated_flag_with_equals_and_after_double_dash():
     from llmad.cli.options import rewrite_deprecated
 
-    assert rewrite_deprecated("replay", ["--runs=3", "--", "--runs"]) == ["--limit=3", "--", "--runs"]
+    with pytest.warns(LlmadWarning, match="--runs is now --limit"):
+        assert rewrite_deprecated("replay", ["--runs=3", "--", "--runs"]) == ["--limit=3", "--", "--runs"]
     assert rewrite_deprecated("watch", ["--runs", "3"]) == ["--runs", "3"]  # only the command's own renames
 
 

@@ -97,6 +97,20 @@ def nll_case() -> Case:
     return Case("nll", make, job_parts, planted_jobs(20000.0), rtol=1e-5)
 
 
+def stack_case() -> Case:
+    from llmad.detectors.sft.config import SFTConfig
+
+    def make(work: Path):
+        bert = make_tiny_bert(work / "tiny-bert")
+        cfg = SFTConfig(model=str(bert), template="compact", max_length=48, epochs=1, lr=3e-3, batch_size=32,
+                        eval_batch_size=64, freeze="none", early_stopping_patience=0, progress=False,
+                        logging_steps=1000, seed=0)
+        return detector_class("fusion-stack")(cfg, folds=2, max_iter=50)
+
+    return Case("fusion-stack", make, job_parts, planted_jobs(950.0),
+                fit_kw=lambda work: {"output_dir": work / "fit", "printer": lambda s: None})
+
+
 def icl_case() -> Case:
     from llmad.detectors.icl.config import ICLConfig
 
@@ -182,8 +196,8 @@ def window_cases() -> dict[str, list[tuple[str, Case]]]:
 
 def all_cases() -> dict[str, list[tuple[str, Case]]]:
     return {"baseline": [(m, baseline_case(m)) for m in ("rf", "hgb", "iforest", "knn")],
-            "sft": [("tiny-bert", sft_case())], "icl": [("smollm2-nearest", icl_case())],
-            "nll": [("tiny-llama", nll_case())], **window_cases()}
+            "sft": [("tiny-bert", sft_case())], "fusion-stack": [("tiny-bert", stack_case())],
+            "icl": [("smollm2-nearest", icl_case())], "nll": [("tiny-llama", nll_case())], **window_cases()}
 
 
 CASES = all_cases()

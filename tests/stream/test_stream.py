@@ -12,6 +12,7 @@ from llmad.data.context import add_context_features
 from llmad.data.flowbench import PAPER_FEATURES, read_run_csv
 from llmad.data.reveal import make_partial
 from llmad.detectors.base import Detector
+from llmad.errors import LlmadWarning
 from llmad.metrics.early import ReplaySummary
 from llmad.stream import (AlertPolicy, CachedScorer, PeerContext, StreamConfig, Watcher, parse_speed, replay,
                           replay_run, write_feed)
@@ -279,9 +280,11 @@ def test_watch_reports_malformed_and_partial_lines(tmp_path):
     logs = []
     w = Watcher(RuntimeDetector(), 0.5, alerts_path=tmp_path / "a.jsonl", state_path=tmp_path / "s.json",
                 log=logs.append)
-    info = w.run(str(feed), follow=False)
+    with pytest.warns(LlmadWarning) as caught:
+        info = w.run(str(feed), follow=False)
     assert info["records"] == 2 and info["malformed"] == 4 and info["partial_last_line"] == 1
-    assert any("line 2" in m for m in logs) and any("partial last line" in m for m in logs)
+    assert {c.message.name for c in caught} == {"malformed-line"} and "line 2: " in str(caught[0].message)
+    assert any("partial last line" in m for m in logs)
     alerts = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [a["job_id"] for a in alerts] == ["a"]  # runtime derived from execute_end - execute_start
     # The writer completes the last line: a restart reads it (and only it).

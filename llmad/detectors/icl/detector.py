@@ -47,6 +47,8 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
     config: ICLConfig = field(default_factory=ICLConfig)
     name: str = "icl"
     kind = "icl"  # registry kind (a class attribute, not a dataclass field)
+    # Called with the number of prompts scored after each batch (progress bars); set by the caller, never saved.
+    on_scored = None
 
     def __post_init__(self) -> None:
         self.threshold_ = None
@@ -158,7 +160,7 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
         groups, kept = self.prepare(texts, mode=mode, own_demos=own)
         kept_arr = np.asarray(kept)
         if mode == "score":
-            lp = self.label_logprobs(groups, n, use_cache=use_cache)
+            lp = self.label_logprobs(groups, n, use_cache=use_cache, progress=self.on_scored)
             raw = lp[:, 1] - lp[:, 0]
             shift = self.calibration_["log_prior_ratio"] if self.calibration_ else 0.0
             score = raw - shift
@@ -171,7 +173,7 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
                                "label_mass": mass, "demos_kept": kept_arr})
             self._count("scored", n)
             return df
-        gen = self.generate(groups, n, mode=mode, use_cache=use_cache)
+        gen = self.generate(groups, n, mode=mode, use_cache=use_cache, progress=self.on_scored)
         parsed = [parse_label(t, self.config.label_words, cot=(mode == "cot")) if t is not None else None
                   for t in gen]
         unparsed = sum(p is None for p in parsed)

@@ -8,11 +8,10 @@ are data: they are concatenated as strings, never evaluated as template code.
 from __future__ import annotations
 
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, warn
 
 
 @dataclass
@@ -136,15 +135,15 @@ class PromptBuilder:
             if chosen is None:
                 kept.append(-1)
                 self._count("queries_too_long")
-                warnings.warn(f"job {i}: the query alone ({len(seq)} tokens) does not fit the context window; "
-                              f"it is scored as undecided, not truncated", stacklevel=2)
+                warn("context-overflow", f"job {i}: the query alone ({len(seq)} tokens) does not fit the context "
+                                         f"window; it is scored as undecided, not truncated")
                 continue
             k, key, prefix_ids, seq, prefix_text, body = chosen
             if k < len(demos_i):
                 self._count("demonstrations_dropped", len(demos_i) - k)
                 self._count("queries_with_dropped_demonstrations")
-                warnings.warn(f"job {i}: {len(demos_i) - k} of {len(demos_i)} demonstrations dropped to fit the "
-                              f"context window ({budget} tokens)", stacklevel=2)
+                warn("context-overflow", f"job {i}: {len(demos_i) - k} of {len(demos_i)} demonstrations dropped to "
+                                         f"fit the context window ({budget} tokens)")
             kept.append(k)
             g = groups.setdefault(k if not per_query else 0, PromptGroup(prefix_ids, [], [], prefix_text))
             g.rows.append(i)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -128,8 +128,10 @@ class LabelScorer:
     def _device(self):
         return next(self.lm_.model.parameters()).device
 
-    def label_logprobs(self, groups: list[PromptGroup], n: int, use_cache: bool | None = None) -> np.ndarray:
-        """[n, 2] log P(label | prompt), each the log-sum over that label's tokenization variants."""
+    def label_logprobs(self, groups: list[PromptGroup], n: int, use_cache: bool | None = None,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """[n, 2] log P(label | prompt), each the log-sum over that label's tokenization variants; ``progress``
+        gets the number of prompts after each batch."""
         import torch
 
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -209,11 +211,14 @@ class LabelScorer:
                     for cls in (0, 1):
                         stack = torch.stack([per_variant[vi] for vi, (c, _) in enumerate(variants) if c == cls], 0)
                         out[rows, cls] = torch.logsumexp(stack, 0).cpu().numpy()
+                if progress is not None:
+                    progress(b)
         return out
 
     def generate(self, groups: list[PromptGroup], n: int, mode: str = "generate",
-                 use_cache: bool | None = None) -> list[str | None]:
-        """Greedy completion of each prompt (the prefix cache is copied into each call)."""
+                 use_cache: bool | None = None, progress: Callable[[int], None] | None = None) -> list[str | None]:
+        """Greedy completion of each prompt (the prefix cache is copied into each call); ``progress`` gets 1
+        after each prompt."""
         import torch
 
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -232,6 +237,8 @@ class LabelScorer:
                     res = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                                          do_sample=False, pad_token_id=tok.pad_token_id, **kw)
                 out[r] = tok.decode(res[0, ids.shape[1]:], skip_special_tokens=True)
+                if progress is not None:
+                    progress(1)
         return out
 
     def content_free_texts(self) -> dict[str, str]:

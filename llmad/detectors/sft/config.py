@@ -48,7 +48,12 @@ class SFTConfig:
     precision: str = option("auto", "auto (CUDA bf16/fp16, CPU fp32) | fp32 | bf16 (also CPU autocast) | fp16 (CUDA)")
     class_weight: str = option("none", "none | balanced (cross-entropy weighted by inverse class frequency of train)")
     train_limit: int | None = option(None, "seeded subsample of train rows (stated in outputs)")
+    val_limit: int | None = option(None, "seeded subsample of validation rows for early stopping and the threshold "
+                                         "(quick CPU runs; stated in outputs)")
     seed: int = option(0, "seed of training, subsampling and augmentation")
+    collapse_retry: bool = option(True, "a collapsed run (validation ROC-AUC < 0.6, or one class flagged at the "
+                                        "threshold) retrains once with lower lr + balanced class weight",
+                                  flag="--collapse-retry/--no-collapse-retry")
     threshold_objective: str = option("f1", "f1 | accuracy | youden | argmax (0.5, as the paper)",
                                       flag="--threshold")
     trust_remote_code: bool = option(False, "allow model code from the hub", flag="--trust-remote-code")

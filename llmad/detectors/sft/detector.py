@@ -34,7 +34,7 @@ from llmad.detectors.sft.config import FREEZE_HELP, SFTConfig, parse_freeze
 from llmad.detectors.sft.model import (LABEL_NAMES, apply_freeze, is_sft_dir, load_model_dir, prepare_model,
                                        save_model_dir, unwrap_trained)
 from llmad.detectors.sft.training import (check_config, is_main_process, latest_checkpoint, train_model,
-                                          training_rows)
+                                          training_rows, validation_rows)
 from llmad.errors import LlmadError
 
 FORMAT_VERSION = 1
@@ -115,6 +115,7 @@ class SFTDetector(Detector):
         else:
             train_ids = self.encode(self.render(tr))
         train_ds = EncodedDataset(train_ids, tr["label"].to_numpy())
+        validation = validation_rows(validation, cfg)
         val_ds = None
         if validation is not None and len(validation) and cfg.eval_during_training:
             val_ds = EncodedDataset(self.encode(self.render(validation)), validation["label"].to_numpy())
@@ -153,7 +154,10 @@ class SFTDetector(Detector):
         if cfg.threshold_objective == "argmax":
             self.threshold_ = 0.5
         elif validation is not None and len(validation) and is_main_process():
-            self.validation_scores_ = self.score(validation)
+            # Validation is scored once: the best checkpoint's own evaluation when training kept it, else now.
+            reused = run.validation_scores is not None
+            self.validation_scores_ = run.validation_scores if reused else self.score(validation)
+            self.train_info_["validation_scores_from"] = "best evaluation" if reused else "scored after training"
             self.set_threshold(self.validation_scores_, validation["label"].to_numpy(), cfg.threshold_objective)
         else:
             self.threshold_ = 0.5

@@ -56,6 +56,66 @@ def training_rows(train: pd.DataFrame, cfg: SFTConfig) -> tuple[pd.DataFrame, st
     return augment_with_prefixes(train, copies=cfg.prefix_copies, seed=cfg.seed)
 
 
+def validation_rows(validation: pd.DataFrame | None, cfg: SFTConfig) -> pd.DataFrame | None:
+    """The validation rows a run evaluates and thresholds on: a ``val_limit`` seeded subsample (rows only: peer
+    features were computed on whole runs before), else all."""
+    from llmad.data.splits import subsample
+
+    if validation is None or not cfg.val_limit or len(validation) <= cfg.val_limit:
+        return validation
+    return subsample(validation, cfg.val_limit, cfg.seed)
+
+
+class EvalScores:
+    """P(anomalous) of each validation row at each evaluation while training, by global step, so the threshold
+    is chosen on the best checkpoint's own evaluation instead of scoring validation a second time.
+
+    The ``Trainer`` evaluates in length-grouped order; rows are matched back by their token ids (identical ids
+    score the same)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id, self.last, self.by_step = pad_id, None, {}
+
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        """``compute_metrics`` for ``Trainer`` that also keeps this evaluation's P(anomalous) per token-id row."""
+        logits = eval_pred.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        prob = softmax1(np.asarray(logits, dtype=np.float64))
+        inputs = eval_pred.inputs
+        if inputs is not None:
+            self.last = {}
+            for row, p in zip(np.asarray(inputs), prob):
+                n = len(row)
+                while n and row[n - 1] in (self.pad_id, -100):  # right padding (collator, then cross-batch -100)
+                    n -= 1
+                self.last[tuple(int(t) for t in row[:n])] = float(p)
+        return compute_metrics(eval_pred)
+
+    def callback(self) -> Any:
+        """A ``TrainerCallback`` filing the latest evaluation's scores under its global step."""
+        from transformers import TrainerCallback
+
+        holder = self
+
+        class FileScores(TrainerCallback):
+            def on_evaluate(self, args, state, control, metrics=None, **kw):
+                if holder.last is not None:
+                    holder.by_step[state.global_step], holder.last = holder.last, None
+
+        return FileScores()
+
+    def scores_at(self, step: int | None, ids: list[list[int]]) -> np.ndarray | None:
+        """The scores of rows ``ids`` at the evaluation of ``step``; None when that evaluation is not here (a
+        resumed run evaluated it in another process) or does not cover every row."""
+        seen = self.by_step.get(step) if step is not None else None
+        if not seen:
+            return None
+        try:
+            return np.array([seen[tuple(x)] for x in ids], dtype=np.float64)
+        except KeyError:
+            return None
+
+
 def training_arguments(cfg: SFTConfig, ckpt_dir: Path, validate: bool, device: str, mp: dict[str, bool]) -> Any:
     """``TrainingArguments`` for ``cfg``: evaluate/checkpoint per epoch (or every ``eval_steps``), keep the best."""
     from transformers import TrainingArguments
@@ -81,6 +141,7 @@ def training_arguments(cfg: SFTConfig, ckpt_dir: Path, validate: bool, device: s
         report_to="none", disable_tqdm=not cfg.progress,
         use_cpu=device == "cpu", bf16=mp["bf16"], fp16=mp["fp16"],
         dataloader_num_workers=0, save_only_model=False,
+        include_for_metrics=["inputs"] if validate else [],
         ddp_find_unused_parameters=False,
     )
 
@@ -237,6 +298,7 @@ class TrainOutcome:
     resumed_from: str | None
     start_step: int
     class_weights: list[float] | None
+    validation_scores: np.ndarray | None = None  # the final (best) model's own evaluation, in val_ds order
 
 
 def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDataset,
@@ -249,13 +311,19 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
 
     args = training_arguments(cfg, ckpt_dir, val_ds is not None, device, mp)
     budget = time_budget_callback(cfg.max_time_s, save=True)
-    callbacks = [validation_line(printer), budget]
+    evals = EvalScores(tokenizer.pad_token_id)
+    callbacks = [validation_line(printer), budget, evals.callback()]
     if val_ds is not None and cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     loss_fn, weights = class_weighted_loss(labels) if cfg.class_weight == "balanced" else (None, None)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       data_collator=collator(tokenizer), processing_class=tokenizer, compute_loss_func=loss_fn,
-                      compute_metrics=compute_metrics if val_ds is not None else None, callbacks=callbacks)
+                      compute_metrics=evals.compute_metrics if val_ds is not None else None, callbacks=callbacks)
+    if not cfg.progress:
+        from transformers import PrinterCallback
+
+        # Without tqdm the Trainer prints every log dict; quiet means quiet (train_log.json keeps them).
+        trainer.remove_callback(PrinterCallback)
     resume_from = latest_checkpoint(ckpt_dir, remove_incomplete=True) if resume else None
     if resume and resume_from is None:
         printer(f"no complete checkpoint under {ckpt_dir}: training from the start")
@@ -265,12 +333,17 @@ def train_model(model: Any, tokenizer: Any, cfg: SFTConfig, train_ds: EncodedDat
     t1 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t1
+    val_scores = None
+    best = trainer.state.best_model_checkpoint
+    if val_ds is not None and best and not budget.paused:
+        # load_best_model_at_end: the model now is the best checkpoint's, and that evaluation scored every row
+        val_scores = evals.scores_at(int(Path(best).name.split("-")[-1]), val_ds.input_ids)
     return TrainOutcome(model=trainer.model, state=trainer.state, metrics=dict(result.metrics),
                         world_size=int(args.world_size), train_s=train_s, paused=bool(budget.paused),
-                        resumed_from=resume_from, start_step=start_step, class_weights=weights)
+                        resumed_from=resume_from, start_step=start_step, class_weights=weights,
+                        validation_scores=val_scores)
 
 
-__all__ = ["is_main_process", "check_config", "training_rows", "training_arguments", "validation_line",
-           "class_weighted_loss", "compute_metrics", "latest_checkpoint", "checkpoint_damage", "resume_checkpoint",
-           "train_model", "TrainOutcome",
-           "THRESHOLD_OBJECTIVES"]
+__all__ = ["is_main_process", "check_config", "training_rows", "validation_rows", "EvalScores", "training_arguments",
+           "validation_line", "class_weighted_loss", "compute_metrics", "latest_checkpoint", "checkpoint_damage",
+           "resume_checkpoint", "train_model", "TrainOutcome", "THRESHOLD_OBJECTIVES"]

@@ -1,0 +1,71 @@
+"""``llmad sft --fusion stack``: the stacked LM + numbers detector (``llmad.detectors.fusion.StackDetector``) fitted
+on a split whose peer features come from whole runs, test metrics, and the run folder (same layout as ``llmad sft``:
+config.json, metrics.json last, predictions.csv, provenance.json, ``model/``)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from llmad.api.hooks import RunHooks
+from llmad.api.result import RunResult, data_dir_used, predictions_frame
+from llmad.data.splits import Split
+
+
+def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
+    """Fit the stack on ``split`` (cross-fitted LM folds by run), threshold on validation, score test, write ``out``.
+
+    ``cfg`` is the ``llmad.api.sft.SFTRunConfig`` of the run."""
+    from llmad.detectors.fusion import StackDetector
+    from llmad.detectors.sft.training import validation_rows
+    from llmad.io import write_json
+    from llmad.metrics.classification import classification_report, timed_scoring
+    from llmad.rundir import peak_rss_mb, write_run
+
+    t0 = time.perf_counter()
+    det = StackDetector(cfg.sft, folds=cfg.fusion_folds, seed=cfg.sft.seed)
+    hooks.stage(f"fusion stack: {cfg.fusion_folds} cross-fitted LM folds + one full LM ({cfg.sft.model})")
+    det.fit(split.train, split.validation, output_dir=out / "checkpoints", resume=cfg.resume, printer=hooks.log)
+    thr = float(det.threshold_)
+    test = split.test
+    hooks.stage(f"scoring {len(test)} test jobs")
+    test_scores, ms = timed_scoring(det.score, test)
+    validation = validation_rows(split.validation, cfg.sft)
+    val_scores = getattr(det, "validation_scores_", None)
+    if val_scores is None:
+        val_scores = det.score(validation)
+    metrics: dict[str, Any] = {
+        "method": "fusion-stack", "model": cfg.sft.model, "template": cfg.sft.template, "split": split.kind,
+        "data": cfg.data.spec, "threshold": thr, "threshold_objective": cfg.sft.threshold_objective,
+        "test": classification_report(test["label"], test_scores, threshold=thr, anomaly_types=test["anomaly_type"]),
+        "validation": classification_report(validation["label"], val_scores, threshold=thr),
+        "sizes": split.sizes(), "split_info": {k: v for k, v in split.info.items() if "examples" not in k},
+        "fusion": {"kind": "stack", "folds": det.folds_, "cross_fit_lm_train_roc_auc": det.train_info_["cross_fit_auc"],
+                   "features": det.input_columns()},
+        "train": {k: v for k, v in det.lm_.train_info_.items() if k != "log_history"},
+        "inference_jobs_per_s": 1000.0 / ms if ms > 0 else float("nan"), "inference_ms_per_job": ms,
+        "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - t0,
+    }
+    artifacts = {}
+    if cfg.save_model:
+        det.save(out / "model")
+        artifacts["model"] = "model"
+    write_json(out / "train_log.json", det.lm_.trainer_state_["log_history"])
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    t = metrics["test"]
+    summary = (f"fusion stack [{cfg.sft.model}, {cfg.sft.template}] on {cfg.data.spec} ({split.kind} split): test "
+               f"accuracy {t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
+               f"(threshold {thr:.3f}); {metrics['inference_jobs_per_s']:.0f} jobs/s scoring; outputs in {out}")
+    preds = predictions_frame(test, test_scores, thr)
+    write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
+              metrics=metrics, predictions=preds, summary=None, command="sft",
+              data_dir=data_dir_used(cfg.data.data_dir))
+    artifacts.update(train_log="train_log.json", predictions="predictions.csv", metrics="metrics.json")
+    return RunResult(metrics, preds, details={"paused": False, "detector": det, "threshold": thr, "split": split.kind,
+                                              "validation_scores": val_scores},
+                     artifacts=artifacts, out_dir=out, summary=summary)
+
+
+__all__ = ["run_stack"]

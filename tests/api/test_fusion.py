@@ -1,0 +1,90 @@
+"""Item 3 of issue 17: ``llmad sft --fusion stack``. Every train row's LM score is cross-fitted (K folds by run: never
+from an LM that trained on that row); the stack saves, loads, and ``llmad predict`` / ``llmad replay`` open it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import llmad.detectors
+from llmad.api.predict import run_predict
+from llmad.api.replay import run_replay
+from llmad.api.sft import SFTRunConfig, run_sft
+from llmad.config import DataConfig
+from llmad.data.splits import Split
+from llmad.detectors.sft.config import SFTConfig
+from llmad.detectors.sft.detector import SFTDetector
+from llmad.errors import LlmadError
+from llmad.stream import StreamConfig
+
+from conftest import make_tiny_bert, synthetic_jobs
+
+
+def _sft(tiny: str, **kw) -> SFTConfig:
+    return SFTConfig(model=tiny, max_length=48, epochs=1, lr=3e-3, batch_size=32, freeze="none",
+                     early_stopping_patience=0, progress=False, logging_steps=1000, **kw)
+
+
+def _keys(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["run_id"].astype(str), frame["job_id"].astype(str)))
+
+
+def test_stack_cross_fits_by_run_and_reopens(tmp_path, monkeypatch):
+    tiny = str(make_tiny_bert(tmp_path / "tiny"))
+    train = synthetic_jobs(120, 0, jobs_per_run=20)  # 6 runs
+    val, test = (synthetic_jobs(40, i).assign(run_id=lambda d, p=p: p + d["run_id"]) for i, p in ((1, "v"), (2, "t")))
+    split = Split(train, val, test, kind="run", description="synthetic")
+    trained: dict[int, set] = {}
+    scored: dict[int, set] = {}
+    fit, score = SFTDetector.fit, SFTDetector.score
+
+    def spy_fit(self, tr, *a, **kw):
+        trained[id(self)] = _keys(tr)
+        return fit(self, tr, *a, **kw)
+
+    def spy_score(self, items):
+        scored.setdefault(id(self), set()).update(_keys(items) & _keys(train))
+        return score(self, items)
+
+    monkeypatch.setattr(SFTDetector, "fit", spy_fit)
+    monkeypatch.setattr(SFTDetector, "score", spy_score)
+    cfg = SFTRunConfig(data=DataConfig(spec="flowbench:not-loaded"), out=str(tmp_path / "run"), sft=_sft(tiny),
+                       fusion="stack", fusion_folds=3)
+    res = run_sft(cfg, split=split)
+    det = res.details["detector"]
+    folds = [i for i in trained if i != id(det.lm_)]
+    assert len(folds) == 3 and trained[id(det.lm_)] == _keys(train)  # the kept LM: all train rows
+    held = [scored.get(i, set()) for i in folds]
+    for i, h in zip(folds, held):
+        assert h and not (h & trained[i]), "a train row was scored by an LM that trained on it"
+        assert {r for r, _ in h}.isdisjoint({r for r, _ in trained[i]}), "a run was split across folds"
+    assert set().union(*held) == _keys(train) and not scored.get(id(det.lm_), set())
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["method"] == "fusion-stack" and len(m["fusion"]["folds"]) == 3 and "ctx_runtime_rel" in m["fusion"][
+        "features"]
+    assert res.summary.startswith("fusion stack") and not (tmp_path / "run" / "checkpoints").exists()
+    again = llmad.detectors.load(tmp_path / "run")
+    monkeypatch.setattr(SFTDetector, "score", score)
+    np.testing.assert_array_equal(again.score(split.test), res.predictions["score"].to_numpy())
+    assert again.threshold_ == det.threshold_
+
+
+def test_stack_from_the_data_path_predicts_and_replays(tiny_zip, tmp_path):
+    tiny = str(make_tiny_bert(tmp_path / "tiny"))
+    cfg = SFTRunConfig(data=DataConfig(spec=str(tiny_zip), split="run"), out=str(tmp_path / "run"),
+                       sft=_sft(tiny), fusion="stack", fusion_folds=2)
+    res = run_sft(cfg)
+    model = tmp_path / "run" / "model"
+    pred = run_predict(model, str(tiny_zip), split="run", part="test", out=tmp_path / "p", printer=lambda _: None)
+    assert pred.metrics["method"] == "fusion-stack"
+    np.testing.assert_allclose(pred.predictions["score"].to_numpy(), res.predictions["score"].to_numpy())
+    rep = run_replay(str(model), str(tiny_zip), StreamConfig(), split="run", out=tmp_path / "r")
+    assert len(rep.predictions) == len(res.predictions) and rep.metrics
+
+
+def test_unknown_fusion_is_a_one_line_error(tmp_path):
+    cfg = SFTRunConfig(data=DataConfig(spec="flowbench:not-loaded"), out=str(tmp_path / "x"), fusion="concat")
+    with pytest.raises(LlmadError, match="--fusion 'concat'"):
+        run_sft(cfg)
