@@ -169,7 +169,8 @@ def adapter_nll(ctx: RunContext) -> RunResult:
     ctx.guard.use(f"threshold (validation rows, {labels})", job_keys(val, "validation"))
     res = run_nll(NLLRunConfig(data=DataConfig(**ctx.spec.data), nll=cfg, test_limit=None, val_limit=None,
                                out=str(ctx.run_dir / "nll")),
-                  split=dataclasses.replace(split, train=train, validation=val, test=test), hooks=ctx.hooks)
+                  split=dataclasses.replace(split, train=train, validation=val, test=test), hooks=ctx.hooks,
+                  force=True)
     met = res.metrics
     m = _report(met["test"])
     m.update(fit_seconds=met["fit_seconds"], score_ms_per_item=1000 * met["score_seconds"] / max(len(test), 1),
