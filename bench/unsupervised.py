@@ -119,7 +119,8 @@ def lm_rows(wf, tr, va, te, args, normal_only: bool) -> tuple[dict, object]:
     name = f"nll {args.model} {args.keep_layers or 'all'}L {args.aggregate}" + (" normal-only" if normal_only else "")
     rec = record(wf, name, "lm", "normal-only" if normal_only else "none", te["label"].to_numpy(),
                  d["score"].to_numpy(), va["label"].to_numpy(), det.validation_scores_,
-                 train_rows=int(info["rows"]), permutations=args.permutations, fit_s=round(fit_s, 1),
+                 train_rows=int(info["rows"]), val_rows=len(va), test_rows=len(te),
+                 permutations=args.permutations, fit_s=round(fit_s, 1),
                  score_s=round(score_s, 1), ms_per_row=round(1000 * score_s / len(te), 2),
                  device=f"{info['device']} {info['precision']} ({os.environ.get('OMP_NUM_THREADS', '?')} threads)",
                  train_steps=info["steps"], tokens_per_row=round(info["tokens_per_row"], 1),
@@ -168,11 +169,16 @@ def main() -> None:
     ap.add_argument("--speed-rows", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="unsupervised")
+    ap.add_argument("--append", action="store_true", help="keep the other workflows' rows of results/<tag>.json")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     rows, speeds = [], {}
+    if args.append and (RESULTS / f"{args.tag}.json").is_file():
+        old = json.loads((RESULTS / f"{args.tag}.json").read_text())
+        rows = [r for r in old["rows"] if r["workflow"] not in args.workflows]
+        speeds = old.get("speed", {})
     for wf in args.workflows:
         t_wf = time.perf_counter()
         sp = load_split(f"flowbench:{wf}", split="run", seed=args.seed, context=True)
@@ -197,17 +203,19 @@ def main() -> None:
                 s = f(xte)
                 sc = time.perf_counter() - t0
                 rows.append(record(wf, f"{name}-{fs}", "classic", "none", y, s, vy, f(xva), train_rows=len(tr),
+                                   val_rows=len(va), test_rows=len(te),
                                    permutations=None, fit_s=round(fit_s, 2), score_s=round(sc, 3),
                                    ms_per_row=round(1000 * sc / len(te), 3), device="cpu"))
             if fs == "context":
                 m = HistGradientBoostingClassifier(max_iter=300, random_state=args.seed).fit(xtr, tr["label"])
                 rows.append(record(wf, "hgb-context", "classic", "supervised", y, m.predict_proba(xte)[:, 1], vy,
-                                   m.predict_proba(xva)[:, 1], train_rows=len(tr), permutations=None,
+                                   m.predict_proba(xva)[:, 1], train_rows=len(tr), val_rows=len(va),
+                                   test_rows=len(te), permutations=None,
                                    device="cpu"))
         rec, det = lm_rows(wf, tr, va, te, args, normal_only=False)
         rows.append(rec)
         print(json.dumps(rec), flush=True)
-        if wf == args.workflows[0]:
+        if wf == args.workflows[0] and args.speed_rows > 0:
             speeds[wf] = speed(det, te, args.speed_rows)
             print(json.dumps(speeds[wf]), flush=True)
         if wf in args.normal_only:
@@ -225,11 +233,10 @@ def write(rows: list[dict], speeds: dict, args) -> None:
     atomic_write_text(RESULTS / f"{args.tag}.json", json.dumps(payload, indent=2, default=str) + "\n")
     df = pd.DataFrame(rows)
     cols = ["workflow", "split", "method", "family", "supervision", "roc_auc", "pr_auc", "f1", "f1_val",
-            "train_rows", "permutations", "fit_s", "score_s", "ms_per_row", "device"]
+            "train_rows", "val_rows", "test_rows", "permutations", "fit_s", "score_s", "ms_per_row", "device"]
     md = [f"# Label-free detection: NLL (LM) vs classic unsupervised detectors ({args.tag})", "",
           "Written by `bench/unsupervised.py` (its docstring: protocol). Run split, seed 0; every method sees the "
-          f"same seeded sample of each part: train {args.train_rows}, validation {args.val_rows}, test "
-          f"{args.test_rows} rows. `f1`: threshold `contamination:{CONTAMINATION}` (top 5% of validation scores, "
+          "same seeded sample of each part (its sizes: `train_rows`, `val_rows`, `test_rows`). `f1`: threshold `contamination:{CONTAMINATION}` (top 5% of validation scores, "
           "labels unused); `f1_val`: best-F1 threshold on validation labels (reference). `supervision` none = labels "
           "never used to fit; normal-only = train rows labelled normal (semi-supervised); supervised = hgb on labels,"
           " for scale. LM: " + f"{args.model}, first {args.keep_layers or 'all'} decoder layers, "
