@@ -1,6 +1,12 @@
 """Shared fixtures: tiny Flow-Bench data built in code, and the real data dir (required, never skipped)."""
 from __future__ import annotations
 
+import os
+
+# As the CLI does (llmad/cli/__init__.py): idle OpenMP threads sleep, so torch's and sklearn's runtimes in one test
+# process do not starve each other on a loaded CI machine. Before numpy/torch/sklearn load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import io
 import zipfile
 from pathlib import Path

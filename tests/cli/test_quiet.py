@@ -23,6 +23,10 @@ def test_baseline_quiet_logs_library_noise_and_shows_named_warnings(tmp_path, mo
         return scoring(*args, **kwargs)
 
     monkeypatch.setattr(classification, "timed_scoring", noisy)
+    # Earlier tests may have lowered transformers' verbosity (a process-wide setting): make the record reach -q's log.
+    lib = logging.getLogger("transformers")
+    monkeypatch.setattr(lib, "level", logging.WARNING)
+    monkeypatch.setattr(lib, "disabled", False)
     out = tmp_path / "run"
     res = run_cli(["baseline", "--data", "flowbench:1000genome", "--limit", "60", "--out", str(out), "-q"], timeout=90)
     assert_no_crash(res)
@@ -32,7 +36,6 @@ def test_baseline_quiet_logs_library_noise_and_shows_named_warnings(tmp_path, mo
     log = (out / "warnings.log").read_text()
     assert "a library deprecation nobody can act on" in log and "a library log record" in log
     assert "odd-input" not in log
-
 
 
 def test_icl_context_overflow_is_named_and_capped(smol_tokenizer, tmp_path, recwarn):  # noqa: F811
