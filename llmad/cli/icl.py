@@ -30,6 +30,10 @@ def icl(icl_opts: dict, run_opts: dict, common: dict) -> None:
     if icl_opts.get("max_new_tokens") is not None and icl_opts["max_new_tokens"] <= 0:
         raise LlmadError("--max-new-tokens must be positive")
     cfg = merge(ICLConfig(), icl_opts).validate()
+    if run_opts.get("out"):  # an alias's first use converts its weights: a bad --out must fail before that
+        from llmad.rundir import check_out
+
+        check_out(run_opts["out"], force=bool(common.get("force")))
     resolve_model(cfg.model)  # an unreachable hub id fails here, before any data is loaded
     quiet = bool(common.get("quiet"))
     with cli_hooks(quiet) as hooks:

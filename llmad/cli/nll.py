@@ -28,6 +28,10 @@ def nll(nll_opts: dict, data_opts: dict, run_opts: dict, common: dict) -> None:
 
     d = merge(DataConfig(spec="flowbench:1000genome", split="run"), data_opts)
     c = merge(NLLConfig(), nll_opts).validate()  # before any data or model is loaded
+    if run_opts.get("out"):  # an alias's first use converts its weights: a bad --out must fail before that
+        from llmad.rundir import check_out
+
+        check_out(run_opts["out"], force=bool(common.get("force")))
     resolve_model(c.model)  # an unreachable hub id fails here
     cfg = merge(NLLRunConfig(data=d, nll=c), run_opts)
     for name in ("test_limit", "val_limit"):
