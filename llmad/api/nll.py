@@ -92,7 +92,7 @@ def _run_jobs(cfg: NLLRunConfig, out: Path, split: Any, hooks: RunHooks, lm: Any
         hooks.stage(f"loading {d.spec}")
         needs_ctx = any(f.startswith("ctx_") for f in job_fields(c.fields))
         split = load_split(d.spec, split=d.split, seed=d.seed, data_dir=d.data_dir, test_workflow=d.test_workflow,
-                           limit=d.limit, context=needs_ctx, causal=c.causal)
+                           limit=d.limit, context=needs_ctx, causal=c.causal, columns=d.columns)
     val = subsample(split.validation, cfg.val_limit, d.seed)
     test = subsample(split.test, cfg.test_limit, d.seed)
     rule = parse_threshold(c.threshold)[0]

@@ -28,6 +28,8 @@ def nll(nll_opts: dict, data_opts: dict, run_opts: dict, common: dict) -> None:
 
     d = merge(DataConfig(spec="flowbench:1000genome", split="run"), data_opts)
     c = merge(NLLConfig(), nll_opts).validate()  # before any data or model is loaded
+    if common.get("quiet"):
+        c.progress = False  # -q: no Trainer or scoring bars either
     if run_opts.get("out"):  # an alias's first use converts its weights: a bad --out must fail before that
         from llmad.rundir import check_out
 

@@ -99,6 +99,21 @@ def test_sft_renders_the_tables_own_columns_and_predicts(tmp_path):
     assert text.startswith("wall_seconds is ") and "partition is cpu" in text
 
 
+def test_nll_scores_the_tables_own_columns(tmp_path):
+    """Label-free NLL on an own table: its mapped features (and the peer facts it can compute) are the fields."""
+    from nll_fixtures import tiny_nll_lm
+
+    lm = tiny_nll_lm(tmp_path / "lm")
+    text = ok(["nll", *DATA, "-m", lm, "--fields", "ops", "--lora", 0, "--epochs", 1, "--permutations", 1,
+               "--limit", 20, "-q", "-o", tmp_path / "n"])
+    assert "no column map" not in text  # --columns reached the loader
+    cols = set(pd.read_csv(tmp_path / "n" / "predictions.csv").columns)
+    own = {f"nll_{f}" for f in ("wall_seconds", "queue_seconds", "bytes_in", "partition")}
+    assert own | {"nll_ctx_runtime_rel", "top_field"} <= cols
+    assert not any(c.startswith("nll_") and c.endswith(("wms_delay", "stage_in_delay")) for c in cols)
+    assert metrics(tmp_path / "n")["test_rows"] == 20
+
+
 def test_icl_and_compare_on_the_example(tmp_path, smol_tokenizer):  # noqa: F811
     tiny_llama(smol_tokenizer, path=tmp_path / "llama")
     ok(["icl", *DATA, "--model", tmp_path / "llama", "--shots", 2, "--limit", 8, "--val-limit", 6,

@@ -48,14 +48,17 @@ OPS_FIELDS = ("transformation", "runtime", "kickstart_executables_cpu_time", "ct
               "ctx_cpu_util", "ctx_host_slowness", "ctx_host_cpu_slowness")
 
 
-def job_fields(spec: str) -> list[str]:
-    """The job columns of a field set: ``ops``, ``paper``, ``context`` or a comma list of columns and set names."""
+def job_fields(spec: str, own: Sequence[str] | None = None) -> list[str]:
+    """The job columns of a field set: ``ops``, ``paper``, ``context`` or a comma list of columns and set names.
+
+    ``own``: the feature columns of a user's own job table (``jobs:`` specs): they stand in for the nine Flow-Bench
+    features in every set, beside the label-free peer facts."""
     from llmad.data.context import CONTEXT_FEATURES
     from llmad.data.flowbench import PAPER_FEATURES
 
-    sets = {"paper": list(PAPER_FEATURES),
-            "context": ["transformation"] + list(PAPER_FEATURES) + list(CONTEXT_FEATURES),
-            "ops": list(OPS_FIELDS)}
+    base = list(own) if own else list(PAPER_FEATURES)
+    ops = list(OPS_FIELDS) if not own else ["transformation", *base, *(f for f in OPS_FIELDS if f.startswith("ctx_"))]
+    sets = {"paper": base, "context": ["transformation"] + base + list(CONTEXT_FEATURES), "ops": ops}
     cols: list[str] = []
     for part in (c.strip() for c in str(spec).split(",")):
         for c in sets.get(part, [part] if part else []):
@@ -361,7 +364,10 @@ class NLLDetector(NLLCore, Detector):
 
         c = self.config.validate()
         self._init_state()
-        self.fields_ = job_fields(c.fields)
+        own = train.attrs.get("features")
+        self.fields_ = job_fields(c.fields, own)
+        if own:  # an own table has no Flow-Bench columns: peer facts it cannot compute would only say "missing"
+            self.fields_ = [f for f in self.fields_ if f in train and train[f].notna().any()]
         rows = train
         if c.normal_only:
             if "label" not in train:
