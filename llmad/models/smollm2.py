@@ -33,8 +33,17 @@ def _gguf_source() -> Path:
 
 
 def _source_stamp(src: Path) -> dict[str, Any]:
+    # Content, not mtime: every fresh venv installs the same GGUF with a new mtime, and venvs sharing the cache then
+    # re-converted it in turn (20+ s each). The first and last MiB name the file cheaply.
+    import hashlib
+
     st = src.stat()
-    return {"gguf": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": CONVERSION_VERSION}
+    h = hashlib.sha256()
+    with open(src, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(0, st.st_size - (1 << 20)))
+        h.update(fh.read(1 << 20))
+    return {"gguf": src.name, "size": st.st_size, "sha256_head_tail": h.hexdigest(), "version": CONVERSION_VERSION}
 
 
 def convert_smollm2(force: bool = False) -> Path:
