@@ -4,6 +4,7 @@ says exactly what the CLI would. Unknown keys fail before anything runs; ``--set
 from __future__ import annotations
 
 import copy
+import importlib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -246,33 +247,18 @@ def _validate(recipe: Recipe, where: str) -> None:
                                  f"sweep")
 
 
+# Method kind -> its config dataclass, imported on use (most live beside torch / sklearn code).
+CONFIG_CLASSES = {"baseline": "llmad.detectors.baselines:BaselineConfig", "sft": "llmad.detectors.sft.config:SFTConfig",
+                  "icl": "llmad.detectors.icl.config:ICLConfig", "numeric": "llmad.api.numeric:NumericConfig",
+                  "nll": "llmad.detectors.nll.config:NLLConfig", "replay": "llmad.stream:StreamConfig"}
+
+
 def config_class(kind: str) -> type:
     """The config dataclass a method kind's ``config`` maps onto."""
-    if kind == "baseline":
-        from llmad.detectors.baselines import BaselineConfig
-
-        return BaselineConfig
-    if kind == "sft":
-        from llmad.detectors.sft.config import SFTConfig
-
-        return SFTConfig
-    if kind == "icl":
-        from llmad.detectors.icl.config import ICLConfig
-
-        return ICLConfig
-    if kind == "numeric":
-        from llmad.api.numeric import NumericConfig
-
-        return NumericConfig
-    if kind == "nll":
-        from llmad.detectors.nll.config import NLLConfig
-
-        return NLLConfig
-    if kind == "replay":
-        from llmad.stream import StreamConfig
-
-        return StreamConfig
-    raise LlmadError(f"unknown method kind {kind!r}")
+    if kind not in CONFIG_CLASSES:
+        raise LlmadError(f"unknown method kind {kind!r}")
+    module, _, name = CONFIG_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def config_for_class(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
