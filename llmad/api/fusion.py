@@ -3,13 +3,12 @@ on a split whose peer features come from whole runs, test metrics, and the run f
 config.json, metrics.json last, predictions.csv, provenance.json, ``model/``)."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from llmad.api.hooks import RunHooks
-from llmad.api.result import RunResult, data_dir_used, predictions_frame
+from llmad.api.result import RunResult, finish_trained_run
 from llmad.data.splits import Split
 
 
@@ -19,9 +18,8 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
     ``cfg`` is the ``llmad.api.sft.SFTRunConfig`` of the run."""
     from llmad.detectors.fusion import StackDetector
     from llmad.detectors.sft.training import validation_rows
-    from llmad.io import write_json
     from llmad.metrics.classification import classification_report, timed_scoring
-    from llmad.rundir import peak_rss_mb, write_run
+    from llmad.rundir import peak_rss_mb
 
     t0 = time.perf_counter()
     det = StackDetector(cfg.sft, folds=cfg.fusion_folds, seed=cfg.sft.seed)
@@ -47,25 +45,11 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
         "inference_jobs_per_s": 1000.0 / ms if ms > 0 else float("nan"), "inference_ms_per_job": ms,
         "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - t0,
     }
-    artifacts = {}
-    if cfg.save_model:
-        det.save(out / "model")
-        artifacts["model"] = "model"
-    write_json(out / "train_log.json", det.lm_.trainer_state_["log_history"])
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     t = metrics["test"]
     summary = (f"fusion stack [{cfg.sft.model}, {cfg.sft.template}] on {cfg.data.spec} ({split.kind} split): test "
                f"accuracy {t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
                f"(threshold {thr:.3f}); {metrics['inference_jobs_per_s']:.0f} jobs/s scoring; outputs in {out}")
-    preds = predictions_frame(test, test_scores, thr)
-    write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
-              metrics=metrics, predictions=preds, summary=None, command="sft",
-              data_dir=data_dir_used(cfg.data.data_dir))
-    artifacts.update(train_log="train_log.json", predictions="predictions.csv", metrics="metrics.json")
-    return RunResult(metrics, preds, details={"paused": False, "detector": det, "threshold": thr, "split": split.kind,
-                                              "validation_scores": val_scores},
-                     artifacts=artifacts, out_dir=out, summary=summary)
+    return finish_trained_run(out, cfg, det, det.lm_, split, test, test_scores, val_scores, thr, metrics, summary)
 
 
 __all__ = ["run_stack"]

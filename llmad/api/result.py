@@ -1,6 +1,7 @@
 """What every run function returns, and the one per-item predictions frame they all write."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,31 @@ def predictions_frame(items: pd.DataFrame, scores: Any, threshold: float | None 
     else:
         raise ValueError("predictions_frame needs a threshold or explicit predictions")
     return out
+
+
+def finish_trained_run(out: Path, cfg: Any, det: Any, lm: Any, split: Any, test: Any, test_scores: Any,
+                       val_scores: Any, thr: float, metrics: dict, summary: str, **details: Any) -> RunResult:
+    """The end of a fine-tuning run (sft text-only or fusion): model, Trainer log, checkpoints dropped unless kept,
+    the run folder (``cfg``: an ``llmad.api.sft.SFTRunConfig``).
+
+    ``det`` is what is saved and returned; ``lm`` the fine-tuned encoder whose Trainer log is kept (the same object
+    for a text-only run)."""
+    from llmad.io import write_json
+    from llmad.rundir import write_run
+
+    artifacts = {}
+    if cfg.save_model:
+        det.save(out / "model")
+        artifacts["model"] = "model"
+    write_json(out / "train_log.json", lm.trainer_state_["log_history"])
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "retry", ignore_errors=True)
+    preds = predictions_frame(test, test_scores, thr)
+    write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
+              metrics=metrics, predictions=preds, summary=None, command="sft",
+              data_dir=data_dir_used(cfg.data.data_dir))
+    artifacts.update(train_log="train_log.json", predictions="predictions.csv", metrics="metrics.json")
+    details = {"paused": False, **details, "detector": det, "threshold": thr, "split": split.kind,
+               "validation_scores": val_scores}
+    return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out, summary=summary)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from llmad.api.hooks import RunHooks
-from llmad.api.result import RunResult, data_dir_used, predictions_frame
+from llmad.api.result import RunResult, finish_trained_run
 from llmad.config import DataConfig, option
 from llmad.data.specs import spec_name
 from llmad.data.splits import Split
@@ -108,7 +107,7 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     """``run_sft`` once ``out`` is checked."""
     from llmad.io import write_json
     from llmad.metrics.classification import classification_report, timed_scoring
-    from llmad.rundir import peak_rss_mb, write_run
+    from llmad.rundir import peak_rss_mb
 
     t0 = time.perf_counter()
     if cfg.resume:
@@ -163,14 +162,6 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     }
     if collapse is not None:
         metrics["collapse"] = collapse
-    artifacts = {}
-    if cfg.save_model:
-        det.save(out / "model")
-        artifacts["model"] = "model"
-    write_json(out / "train_log.json", det.trainer_state_["log_history"])
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        shutil.rmtree(out / "retry", ignore_errors=True)
     t = metrics["test"]
     summary = (f"sft {cfg.sft.model} [{cfg.sft.template}] on {cfg.data.spec} ({split.kind} split): test accuracy "
                f"{t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
@@ -179,14 +170,8 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     if collapse and collapse["detected"]:
         summary += (f" (training collapsed: attempt {collapse['used_attempt']} of {len(collapse['attempts'])} kept; "
                     f"metrics.json: collapse)")
-    preds = predictions_frame(test, test_scores, thr)
-    write_run(out, config={"run": cfg, "split": split.kind, "split_description": split.description},
-              metrics=metrics, predictions=preds, summary=None, command="sft",
-              data_dir=data_dir_used(cfg.data.data_dir))
-    artifacts.update(train_log="train_log.json", predictions="predictions.csv", metrics="metrics.json")
-    details = {"paused": False, "train_info": info, "detector": det, "threshold": thr, "split": split.kind,
-               "validation_scores": val_scores}
-    return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out, summary=summary)
+    return finish_trained_run(out, cfg, det, det, split, test, test_scores, val_scores, thr, metrics, summary,
+                      train_info=info)
 
 
 def _paused(det: SFTDetector, out: Path) -> RunResult:
