@@ -192,6 +192,31 @@ def cmd_detect_sft(a) -> None:
                 "threshold": det.threshold_, "test_runs": len(te_ids), "metrics": fres.metrics, **info})
 
 
+def cmd_detect_model(a) -> None:
+    """Replay a saved detector folder of any kind (e.g. the fused stack from bench/lm_vs_trees.py) on the same
+    seeded test runs as the RF rows: its own threshold and one re-chosen on a replay of validation runs."""
+    from llmad.api.replay import open_detector
+
+    spec = f"flowbench:{a.workflow}"
+    ids = split_run_ids(spec, "run", a.seed)
+    te_ids = _sample_ids(ids["test"], a.test_runs, a.seed)
+    va_ids = _sample_ids(ids["validation"], a.val_runs, a.seed)
+    det = open_detector(str(a.model), backend=a.backend)
+    info = {"model_dir": str(a.model), "kind": getattr(det, "kind", ""), "note": a.note}
+    for thr_mode in ("model", "validation"):
+        cfg = StreamConfig(threshold=thr_mode)
+        t0 = time.perf_counter()
+        thr = det.threshold_ if thr_mode == "model" else choose_stream_threshold(det, iter_runs(spec, None, va_ids),
+                                                                                 cfg)
+        res = replay(iter_runs(spec, None, te_ids), det, cfg, thr)
+        save_result(f"detect/{a.workflow}/{a.name}/thr-{thr_mode}{a.tag}", {
+            "task": "detect", "workflow": a.workflow, "detector": a.name, "threshold_mode": thr_mode,
+            "threshold": thr, "validation_runs": len(va_ids) if thr_mode == "validation" else 0,
+            "test_runs": len(te_ids), "test_runs_total": len(ids["test"]), "wall_s": time.perf_counter() - t0,
+            "metrics": res.metrics, **info,
+            "throughput": {k: v for k, v in res.throughput.items() if k != "rss_mb_per_run"}})
+
+
 # ---------------------------------------------------------------------------------------------------- throughput
 def _naive_events(run: pd.DataFrame, n: int, seed: int) -> list[tuple[int, float]]:
     ts = run[[c for c in ("ready", "submit", "stage_in_start", "stage_in_end", "execute_start", "execute_end",
@@ -539,6 +564,15 @@ def main() -> None:
     ds.add_argument("--train-limit", type=int, default=1500, help="which sft-train model (its --train-limit)")
     ds.add_argument("--backend", default="auto", help="SFT scoring backend (llmad.detectors.sft.fast)")
     ds.add_argument("--threads", type=int, default=1)
+    dm = sub.add_parser("detect-model")
+    dm.add_argument("--workflow", required=True)
+    dm.add_argument("--model", required=True, help="a saved detector folder (any kind)")
+    dm.add_argument("--name", required=True, help="the detector's row label")
+    dm.add_argument("--test-runs", type=int, default=20)
+    dm.add_argument("--val-runs", type=int, default=10)
+    dm.add_argument("--backend", default="auto", help="LM scoring backend (llmad.detectors.sft.fast)")
+    dm.add_argument("--tag", default="", help="suffix of the result keys")
+    dm.add_argument("--note", default="", help="where the model comes from (shown in the report)")
     t = sub.add_parser("throughput")
     t.add_argument("--model", required=True)
     t.add_argument("--runs", type=int, default=2)
@@ -557,10 +591,11 @@ def main() -> None:
     tr.add_argument("--trees", type=int, default=200)
     tr.add_argument("--batch", default="run")
     sub.add_parser("report")
-    for q in (d, s, ds, t, tr):
+    for q in (d, s, ds, dm, t, tr):
         q.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    {"detect": cmd_detect, "sft-train": cmd_sft_train, "detect-sft": cmd_detect_sft, "throughput": cmd_throughput,
+    {"detect": cmd_detect, "sft-train": cmd_sft_train, "detect-sft": cmd_detect_sft, "detect-model": cmd_detect_model,
+     "throughput": cmd_throughput,
      "throughput-rf": cmd_throughput_rf, "report": cmd_report}[a.cmd](a)
 
 

@@ -69,7 +69,7 @@ def test_shipped_recipes_parse_and_plan(name):
         assert {"rf-plain", "hgb-context"} <= {s.method for s in specs if s.dataset == ds}
     for s in specs:
         if s.kind == "replay" and s.extras["source"] in {m.name for m in rec.methods}:
-            assert s.extras["source_hash"] in {u.hash for u in specs if u.kind == "sft"}
+            assert s.extras["source_hash"] in {u.hash for u in specs if u.kind in ("sft", "fusion")}
 
 
 def test_strong_baselines_are_always_added(toy_zip, toy_recipe):
