@@ -15,7 +15,8 @@ Job field values are data: they are rendered by the sandboxed job templates and 
 evaluated as template code.
 
 The pieces: ``config`` (options), ``demos`` (which demonstrations), ``prompt`` (assembly, prefix cut),
-``scoring`` (forward passes, generation, calibration), ``tuning`` (LoRA); this module holds the detector contract.
+``scoring`` (forward passes, generation, calibration), ``cot`` (chain-of-thought decoding that ends in an answer),
+``tuning`` (LoRA); this module holds the detector contract.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import pandas as pd
 
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.detectors.icl.config import ICLConfig
+from llmad.detectors.icl.cot import ChainOfThought
 from llmad.detectors.icl.demos import (class_statistics, nearest_demos, nearest_pool, order_demonstrations,
                                        select_demonstrations)
 from llmad.detectors.icl.prompt import PromptBuilder
@@ -41,7 +43,7 @@ DEMO_COLUMNS = ["text", "label", "job_id"]
 
 
 @dataclass
-class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
+class ICLDetector(PromptBuilder, LabelScorer, ChainOfThought, LoraTuner, Detector):
     """Detector contract over an ICL prompt; see the module docstring."""
 
     config: ICLConfig = field(default_factory=ICLConfig)
@@ -149,7 +151,8 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
         return texts, None
 
     def score_details(self, items: Any, use_cache: bool | None = None, mode: str | None = None) -> pd.DataFrame:
-        """Per job: score, P(abnormal), label mass, demonstrations kept, and generated text / reasoning."""
+        """Per job: score, P(abnormal), label mass, demonstrations kept; generate: the text; cot: the rationale, the
+        answer, its source (generated | forced | none) and P(abnormal) at the answer position."""
         if self.lm_ is None:
             raise RuntimeError("ICLDetector is not fitted: call fit() first")
         mode = mode or self.config.mode
@@ -173,8 +176,19 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
                                "label_mass": mass, "demos_kept": kept_arr})
             self._count("scored", n)
             return df
+        if mode == "cot":
+            gen = self.reason(groups, n, use_cache=use_cache, progress=self.on_scored)
+            ans = self.answer(groups, gen, n, use_cache=use_cache)
+            parsed = ans["parsed"]
+            self._count("generated", n)
+            self._count("unparseable", int(np.sum(parsed < 0)))
+            # The decision is the answer (threshold 1.0, as generate mode); p_abnormal ranks the rows.
+            return pd.DataFrame({"score": np.where(parsed < 0, 0.5, parsed).astype(float), "parsed": parsed,
+                                 "answer": ans["answer"], "answer_source": ans["answer_source"],
+                                 "p_abnormal": ans["p_abnormal"], "rationale": ans["rationale"],
+                                 "demos_kept": kept_arr})
         gen = self.generate(groups, n, mode=mode, use_cache=use_cache, progress=self.on_scored)
-        parsed = [parse_label(t, self.config.label_words, cot=(mode == "cot")) if t is not None else None
+        parsed = [parse_label(t, self.config.label_words) if t is not None else None
                   for t in gen]
         unparsed = sum(p is None for p in parsed)
         self._count("generated", n)

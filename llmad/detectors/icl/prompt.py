@@ -106,7 +106,11 @@ class PromptBuilder:
         if mode == "score":
             extra = max((len(v) for _, v in self.label_variants()), default=1)
         else:
-            extra = self.config.cot_max_new_tokens if mode == "cot" else self.config.max_new_tokens
+            extra = self.config.max_new_tokens
+            if mode == "cot":  # room for the forced answer step too: "\nAnswer:" (cot.FORCED_CUE) + a label word
+                cue = len(self.lm_.tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"])
+                extra = self.config.cot_max_new_tokens + cue + max((len(v) for _, v in self.label_variants()),
+                                                                   default=1)
         return window - extra
 
     def prepare(self, texts: Sequence[str], mode: str | None = None,
