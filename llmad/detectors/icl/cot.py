@@ -9,7 +9,8 @@ never reaches the ``Answer:`` line the prompt asks for. Three changes:
   and ``Answer: Abnormal``, so the built-in n-gram ban would forbid exactly the answer line, and the built-in
   penalty would push the label words (all in the prompt) down. The label words and the ``Answer`` cue are exempt
   from the penalty, so the answer is not biased against a label the rationale already named.
-- ``AnswerStop`` (a stopping criterion) ends generation once the text holds ``Answer: <label>``.
+- ``AnswerStop`` (a stopping criterion) ends generation once the text holds ``Answer: <label>``, or once the model
+  starts a new example (a ``Job:`` line) instead of answering.
 - The forced answer step: every rationale is cut where its label would start (after its own ``Answer:``, else after
   an appended ``\\nAnswer:``) and the two label words are scored there, as ``mode=score`` scores them. A row whose
   model wrote no answer gets the more likely label (``answer_source=forced``); every row gets ``p_abnormal``, the
@@ -26,6 +27,9 @@ from llmad.detectors.icl.prompt import PromptGroup
 from llmad.detectors.icl.scoring import build_cache, cache_kwarg
 
 FORCED_CUE = "\nAnswer:"
+# A small model that is done reasoning often starts the next example instead of its answer line (a "Job:" line, as
+# prompts/icl/demos.j2 and query.j2 write them): the rationale ends there and the forced answer step takes over.
+NEW_EXAMPLE = re.compile(r"\n\s*(?:job\s*:|labeled examples\s*:|classify this job)", re.IGNORECASE)
 ANSWER_SOURCES = ("generated", "forced", "none")
 
 
@@ -49,9 +53,12 @@ def parse_answer(text: str, label_words: Sequence[str] = ("Normal", "Abnormal"))
 
 def answer_cut(text: str, label_words: Sequence[str] = ("Normal", "Abnormal")) -> tuple[str, int | None]:
     """(the rationale up to where its label is scored, the label the model wrote or None): cut before the written
-    label, else the rationale with ``\\nAnswer:`` appended (not twice when it already ends with ``Answer:``)."""
-    label, start = parse_answer(text, label_words)
-    if label is not None:
+    label, else the rationale (up to a new example) with ``\\nAnswer:`` appended (not twice when it already ends with
+    ``Answer:``)."""
+    end, answered = rationale_end(text, label_words)
+    text = text[:end]
+    if answered:
+        label, start = parse_answer(text, label_words)
         return text[:start].rstrip(), label
     body = text.rstrip()
     if re.search(r"answer\s*:?$", body.lower()):
@@ -59,14 +66,25 @@ def answer_cut(text: str, label_words: Sequence[str] = ("Normal", "Abnormal")) -
     return body + FORCED_CUE, None
 
 
+def rationale_end(text: str, label_words: Sequence[str] = ("Normal", "Abnormal")) -> tuple[int, bool]:
+    """(where the rationale ends, whether it ends with its own answer): after the first ``Answer: <label>``, else
+    where the model starts a new example, else the whole text."""
+    answer = answer_pattern(label_words).search(text)
+    new = NEW_EXAMPLE.search(text)
+    if answer and (new is None or answer.start() < new.start()):
+        return answer.end(), True
+    return (new.start(), False) if new else (len(text), False)
+
+
 def rationale_text(text: str, label_words: Sequence[str] = ("Normal", "Abnormal")) -> str:
-    """The generated text up to the end of its answer line (what the stop rule kept), stripped."""
-    hits = list(answer_pattern(label_words).finditer(text))
-    return (text[:hits[-1].end()] if hits else text).strip()
+    """The generated text up to the end of its answer line or the start of a new example (what the stop rule
+    keeps), stripped."""
+    return text[:rationale_end(text, label_words)[0]].strip()
 
 
 class AnswerStop:
-    """Stopping criterion: stop once the generated text (after ``prompt_len`` tokens) holds ``Answer: <label>``."""
+    """Stopping criterion: stop once the generated text (after ``prompt_len`` tokens) holds ``Answer: <label>`` or
+    starts a new example."""
 
     def __init__(self, tokenizer: Any, prompt_len: int, label_words: Sequence[str]):
         self.tok, self.prompt_len, self.pattern = tokenizer, prompt_len, answer_pattern(label_words)
@@ -74,8 +92,8 @@ class AnswerStop:
     def __call__(self, input_ids: Any, scores: Any = None, **kw: Any) -> Any:
         import torch
 
-        done = [bool(self.pattern.search(self.tok.decode(row[self.prompt_len:], skip_special_tokens=True)))
-                for row in input_ids]
+        texts = [self.tok.decode(row[self.prompt_len:], skip_special_tokens=True) for row in input_ids]
+        done = [bool(self.pattern.search(t) or NEW_EXAMPLE.search(t)) for t in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

@@ -31,8 +31,8 @@ import pandas as pd
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.detectors.icl.config import ICLConfig
 from llmad.detectors.icl.cot import ChainOfThought
-from llmad.detectors.icl.demos import (class_statistics, nearest_demos, nearest_pool, order_demonstrations,
-                                       select_demonstrations)
+from llmad.detectors.icl.demos import (class_statistics, demo_reasons, nearest_demos, nearest_pool,
+                                       order_demonstrations, select_demonstrations, typical_values)
 from llmad.detectors.icl.prompt import PromptBuilder
 from llmad.detectors.icl.scoring import LabelScorer, parse_label
 from llmad.detectors.icl.tuning import LoraTuner
@@ -109,15 +109,20 @@ class ICLDetector(PromptBuilder, LabelScorer, ChainOfThought, LoraTuner, Detecto
         self._variants = None
         self.label_variants()  # fails early on unusable label words; counts odd tokenizations
         k = cfg.shots
+        # CoT demonstrations carry a rationale from their own values (demos.demo_reasons says why).
+        typical = typical_values(train, self.features) if cfg.mode == "cot" else None
         if cfg.select == "nearest":
             self.demos_ = train.iloc[:0]
-            self.pool_ = nearest_pool(train, self.features, self.render(train))
+            reasons = demo_reasons(train, self.features, typical) if typical is not None and k else None
+            self.pool_ = nearest_pool(train, self.features, self.render(train), reasons)
         else:
             demos = select_demonstrations(train, k, cfg.select, cfg.seed)
             demos = order_demonstrations(demos, cfg.order, cfg.seed)
             self.demos_ = pd.DataFrame({"text": self.render(demos), "label": demos["label"].astype(int).to_numpy(),
                                         "job_id": demos["job_id"].astype(str).to_numpy() if "job_id" in demos
                                         else [""] * len(demos)})
+            if typical is not None:
+                self.demos_["reason"] = demo_reasons(demos, self.features, typical)
         self.stats_ = class_statistics(train, self.features, cfg.label_words) if cfg.stats else None
         if cfg.lora_r > 0:
             self.tune(train)
@@ -236,7 +241,8 @@ class ICLDetector(PromptBuilder, LabelScorer, ChainOfThought, LoraTuner, Detecto
             with atomic_path(path / "pool.safetensors") as tmp:
                 save_file({"x": self.pool_["x"], "mu": self.pool_["mu"], "sd": self.pool_["sd"],
                            "labels": self.pool_["labels"].astype(np.int64)}, str(tmp))
-            write_json(path / "pool.json", {"texts": self.pool_["texts"]})
+            write_json(path / "pool.json", {"texts": self.pool_["texts"],
+                                            **({"reasons": self.pool_["reasons"]} if "reasons" in self.pool_ else {})})
             files["pool"] = "pool.safetensors"
         else:
             for stale in ("pool.safetensors", "pool.json"):
@@ -279,11 +285,11 @@ class ICLDetector(PromptBuilder, LabelScorer, ChainOfThought, LoraTuner, Detecto
         det.stats_ = state["stats"]
         det.tuning_ = state["tuning"]
         demos = state["demonstrations"] if legacy else json.loads((path / "demonstrations.json").read_text())
-        det.demos_ = pd.DataFrame(demos, columns=DEMO_COLUMNS)
+        det.demos_ = pd.DataFrame(demos, columns=DEMO_COLUMNS + (["reason"] if demos and "reason" in demos[0] else []))
         if (path / "pool.safetensors").is_file():
             from safetensors.numpy import load_file
 
             arr = load_file(str(path / "pool.safetensors"))
-            texts = state["pool_texts"] if legacy else json.loads((path / "pool.json").read_text())["texts"]
-            det.pool_ = {**arr, "texts": texts}
+            pool_json = {"texts": state["pool_texts"]} if legacy else json.loads((path / "pool.json").read_text())
+            det.pool_ = {**arr, **pool_json}
         return det

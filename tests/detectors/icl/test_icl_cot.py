@@ -82,6 +82,48 @@ def test_answer_cut_scores_where_the_label_goes():
     assert rationale_text(" big. Answer: Normal. And more") == "big. Answer: Normal"
 
 
+def test_rationale_ends_where_the_model_starts_a_new_example():
+    text = " stage_in_delay 873 is not normal.\n\nJob:\nwms 5 queue 20 run 1496\nReasoning: x Answer: Normal"
+    assert rationale_text(text) == "stage_in_delay 873 is not normal."
+    assert answer_cut(text) == (" stage_in_delay 873 is not normal.\nAnswer:", None)  # the later answer is not its own
+    assert rationale_text(" Job runtime is long.\nJob runtime again") == "Job runtime is long.\nJob runtime again"
+
+
+def test_cot_demonstrations_carry_a_rationale_from_their_values(smol_tokenizer, tmp_path):
+    from llmad.detectors.icl.demos import demo_reasons, typical_values
+    from llmad.data.flowbench import PAPER_FEATURES
+
+    train = make_jobs(30, seed=1)
+    typical = typical_values(train, PAPER_FEATURES)
+    assert typical["runtime"] == pytest.approx(train.loc[train["label"] == 0, "runtime"].median())
+    row = train.iloc[:1].copy()
+    row["runtime"] = 10 * typical["runtime"]
+    assert demo_reasons(row, PAPER_FEATURES, typical)[0].startswith(
+        f"runtime {10 * typical['runtime']:.0f} is 10.0x the normal median")
+    det = ICLDetector(config=ICLConfig(shots=2, mode="cot")).fit(train, None, lm=tiny_llama(smol_tokenizer))
+    assert det.demos_["reason"].str.contains("x the normal median").all()
+    cot_prompt = det.frame(det.shared_demos(), mode="cot").prefix
+    assert cot_prompt.count("Reasoning: ") == 2 and "x the normal median" in cot_prompt
+    # Score prompts keep the plain demonstrations (LoRA tuning and calibration build those).
+    assert "Reasoning:" not in det.frame(det.shared_demos(), mode="score").prefix
+    det.save(tmp_path / "m")
+    assert ICLDetector.load(tmp_path / "m", lm=det.lm_).shared_demos() == det.shared_demos()
+
+
+def test_cot_nearest_pool_rationales_survive_save_and_load(smol_tokenizer, tmp_path):
+    lm = tiny_llama(smol_tokenizer)
+    det = ICLDetector(config=ICLConfig(shots=2, mode="cot", select="nearest", cot_max_new_tokens=4))
+    det.fit(make_jobs(30, seed=1), None, lm=lm)
+    q = make_jobs(2, seed=6)
+    own = det.neighbours(q, 2)
+    assert all(len(d) == 3 and "normal median" in d[2] for demos in own for d in demos)
+    det.save(tmp_path / "m")
+    back = ICLDetector.load(tmp_path / "m", lm=lm)
+    assert back.neighbours(q, 2) == own
+    a, b = det.score_details(q), back.score_details(q)
+    assert a["rationale"].tolist() == b["rationale"].tolist()
+
+
 def test_guard_penalises_generated_tokens_only_and_bans_repeated_ngrams():
     import torch
 
