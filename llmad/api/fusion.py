@@ -16,19 +16,25 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
     """Fit the stack on ``split`` (cross-fitted LM folds by run), threshold on validation, score test, write ``out``.
 
     ``cfg`` is the ``llmad.api.sft.SFTRunConfig`` of the run."""
-    from llmad.detectors.fusion import StackDetector
+    from llmad.detectors.fusion.stack import StackDetector
     from llmad.detectors.sft.training import validation_rows
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.rundir import peak_rss_mb
 
     t0 = time.perf_counter()
-    det = StackDetector(cfg.sft, folds=cfg.fusion_folds, seed=cfg.sft.seed)
-    hooks.stage(f"fusion stack: {cfg.fusion_folds} cross-fitted LM folds + one full LM ({cfg.sft.model})")
+    det = StackDetector.from_config(cfg.stack, cfg.sft, seed=cfg.sft.seed)
+    hooks.stage(f"fusion stack: {cfg.stack.folds} cross-fitted LM folds + one full LM ({cfg.sft.model})")
     det.fit(split.train, split.validation, output_dir=out / "checkpoints", resume=cfg.resume, printer=hooks.log)
     thr = float(det.threshold_)
     test = split.test
     hooks.stage(f"scoring {len(test)} test jobs")
-    test_scores, ms = timed_scoring(det.score, test)
+    parts: dict[str, Any] = {}
+
+    def score(items: Any) -> Any:
+        parts["lm"], final = det.score_parts(items)
+        return final
+
+    test_scores, ms = timed_scoring(score, test)
     validation = validation_rows(split.validation, cfg.sft)
     val_scores = getattr(det, "validation_scores_", None)
     if val_scores is None:
@@ -40,7 +46,11 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
         "validation": classification_report(validation["label"], val_scores, threshold=thr),
         "sizes": split.sizes(), "split_info": {k: v for k, v in split.info.items() if "examples" not in k},
         "fusion": {"kind": "stack", "folds": det.folds_, "cross_fit_lm_train_roc_auc": det.train_info_["cross_fit_auc"],
-                   "features": det.input_columns()},
+                   "tree": det.tree_kind_, "tree_validation": det.train_info_["tree_validation"],
+                   "features": det.input_columns(),
+                   # The full-train LM alone at its own validation threshold: what the stack adds to the text model.
+                   "lm_only_test": classification_report(test["label"], parts["lm"],
+                                                         threshold=float(det.lm_.threshold_))},
         "train": {k: v for k, v in det.lm_.train_info_.items() if k != "log_history"},
         # The paper's bias measure of the fine-tuned LM inside the stack (the full-train one), as llmad sft reports.
         "bias": getattr(det.lm_, "bias_", None),
@@ -48,7 +58,8 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
         "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - t0,
     }
     t = metrics["test"]
-    summary = (f"fusion stack [{cfg.sft.model}, {cfg.sft.template}] on {cfg.data.spec} ({split.kind} split): test "
+    summary = (f"fusion stack [{cfg.sft.model}, {cfg.sft.template}, {det.tree_kind_}] on {cfg.data.spec} "
+               f"({split.kind} split): test "
                f"accuracy {t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
                f"(threshold {thr:.3f}); {metrics['inference_jobs_per_s']:.0f} jobs/s scoring; outputs in {out}")
     return finish_trained_run(out, cfg, det, det.lm_, split, test, test_scores, val_scores, thr, metrics, summary)

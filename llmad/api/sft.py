@@ -20,6 +20,7 @@ from llmad.api.result import RunResult, finish_trained_run
 from llmad.config import DataConfig, option
 from llmad.data.specs import spec_name
 from llmad.data.splits import Split
+from llmad.detectors.fusion.config import FUSION_KINDS, TREES, StackConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
 from llmad.detectors.sft.training import is_main_process, resume_checkpoint, validation_rows
@@ -43,10 +44,10 @@ class SFTRunConfig:
     keep_checkpoints: bool = option(False, "keep <out>/checkpoints once the final model is saved",
                                     flag="--keep-checkpoints")
     save_model: bool = option(True, "save the fine-tuned model under <out>/model", cli=False)
-    fusion: str = option("none", "none | stack: a gradient-boosted tree over the job's numeric + peer-context "
-                                 "features and the LM score (cross-fitted by run: never from an LM that trained on "
-                                 "the row)", flag="--fusion")
-    fusion_folds: int = option(3, "stack: cross-fitting folds (by run)", cli=False)
+    fusion: str = option("none", "none | stack: a tree (rf/hgb) over the job's numeric + peer-context features and the "
+                                 "LM score (cross-fitted by run: never from an LM that trained on the row)",
+                         flag="--fusion")
+    stack: StackConfig = option(help="the stacked tree's settings (--fusion stack)", factory=StackConfig, cli=False)
 
 
 def load_run_split(data: DataConfig, template: str, causal: bool = False, context: bool = False) -> Split:
@@ -91,11 +92,12 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
     from llmad.rundir import check_out, default_out, quiet_warnings
 
     hooks = RunHooks.of(hooks, printer)
-    if cfg.fusion not in ("none", "stack"):
-        raise LlmadError(f"--fusion {cfg.fusion!r}: expected none or stack")
+    if cfg.fusion not in FUSION_KINDS:
+        raise LlmadError(f"--fusion {cfg.fusion!r}: expected {' or '.join(FUSION_KINDS)}")
     if cfg.fusion == "stack" and (cfg.sft.max_time_s or int(os.environ.get("WORLD_SIZE", "1")) > 1
-                                  or cfg.fusion_folds < 2):
-        raise LlmadError("--fusion stack: needs fusion_folds >= 2 and runs in one process without --max-time")
+                                  or cfg.stack.folds < 2 or cfg.stack.tree not in TREES):
+        raise LlmadError(f"--fusion stack: needs stack.folds >= 2, stack.tree one of {', '.join(TREES)}, and runs in "
+                         f"one process without --max-time")
     out = check_out(cfg.out or default_out("sft", spec_name(cfg.data.spec)), force=force,
                     resume=cfg.resume or not is_main_process())  # worker ranks find rank 0's files
     # Worker ranks log nowhere: a file of theirs in out could race rank 0's check of it.

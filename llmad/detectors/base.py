@@ -26,7 +26,7 @@ META_FILE = "detector.json"
 KINDS: dict[str, str] = {
     "baseline": "llmad.detectors.baselines:BaselineDetector",
     "sft": "llmad.detectors.sft.detector:SFTDetector",
-    "fusion-stack": "llmad.detectors.fusion:StackDetector",
+    "fusion-stack": "llmad.detectors.fusion.stack:StackDetector",
     "icl": "llmad.detectors.icl.detector:ICLDetector",
     "window-iforest": "llmad.detectors.windows:IForestDetector",
     "window-forest": "llmad.detectors.windows:ForestDetector",

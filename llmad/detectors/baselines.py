@@ -83,6 +83,23 @@ def feature_matrix(jobs: pd.DataFrame, features: str = "plain", causal: bool = F
     return numeric_matrix(jobs, cols)
 
 
+def tree_inputs(jobs: pd.DataFrame, features: str = "plain", causal: bool = False,
+                base: list[str] | None = None) -> np.ndarray:
+    """``feature_matrix`` as the trees read it: finite values beyond float32 clipped, inf as missing (NaN)."""
+    # sklearn casts to float32: finite values beyond its range are clipped (the loader warned huge-value).
+    x = clip_features(feature_matrix(jobs, features, causal, base))
+    return np.where(np.isinf(x), np.nan, x)
+
+
+def fit_tree(model: Any, x: np.ndarray, y: np.ndarray) -> Any:
+    """Fit a classifier on ``tree_inputs``; hgb's binning fails on a column with no value at all (a jobs: table
+    without CPU times, say), so one 0 makes such a column constant and uninformative."""
+    if isinstance(model, HistGradientBoostingClassifier) and len(x):
+        x = x.copy()
+        x[0, np.isnan(x).all(axis=0)] = 0.0
+    return model.fit(x, y)
+
+
 class BaselineDetector(Detector):
     """sklearn detectors behind the common contract; supervised ones use labels, iforest does not."""
 
@@ -116,10 +133,7 @@ class BaselineDetector(Detector):
         return feature_columns(self.features, self.columns)
 
     def _x(self, jobs: pd.DataFrame) -> np.ndarray:
-        # sklearn casts to float32: finite values beyond its range are clipped (the loader warned huge-value),
-        # inf means missing.
-        x = clip_features(feature_matrix(jobs, self.features, self.causal, self.columns))
-        return np.where(np.isinf(x), np.nan, x)
+        return tree_inputs(jobs, self.features, self.causal, self.columns)
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "BaselineDetector":
         """Fit on train (labels unused by iforest); threshold on validation."""
@@ -127,17 +141,13 @@ class BaselineDetector(Detector):
         if self.columns is None and train.attrs.get("features"):
             self.columns = job_features(train)
         x = self._x(train)
-        if self.method == "hgb" and len(x):
-            # sklearn's binning fails on a column with no value at all (a jobs: table without CPU times, say):
-            # one 0 makes it a constant, uninformative column.
-            x[0, np.isnan(x).all(axis=0)] = 0.0
         if self.method == "iforest":
             self.model_.fit(x)
         else:
             y = train["label"].to_numpy()
             if len(np.unique(y)) < 2:
                 raise LlmadError(f"{self.method} needs both classes in train; got only label {y[0]}")
-            self.model_.fit(x, y)
+            fit_tree(self.model_, x, y)
         if validation is not None and len(validation):
             self.set_threshold(self.score(validation), validation["label"].to_numpy())
         else:

@@ -99,6 +99,38 @@ def adapter_sft(ctx: RunContext) -> RunResult:
                      artifacts=artifacts)
 
 
+def adapter_fusion(ctx: RunContext) -> RunResult:
+    """``llmad.api.sft.run_sft`` with ``fusion: stack``: LMs cross-fitted on the train runs, a tree over features +
+    LM score, both chosen/thresholded on validation. The full-train LM's own test metrics ride along (``lm_only``)."""
+    import dataclasses
+
+    from llmad.api.sft import SFTRunConfig, run_sft
+    from llmad.detectors.fusion.config import FusionConfig
+
+    fc = from_dict(FusionConfig, ctx.spec.config)
+    lm = dataclasses.replace(fc.sft, seed=fc.seed, progress=False)
+    split = ctx.job_split(context=True, causal=lm.causal)
+    ctx.guard.set_test(job_keys(split.test, "test"))
+    ctx.guard.use("fit (train rows: cross-fitted LMs, the full LM, the tree)", job_keys(split.train, "train"))
+    ctx.guard.use("early stopping, tree choice + threshold (validation rows)",
+                  job_keys(split.validation, "validation"))
+    out = ctx.run_dir / "fusion"
+    resume = ctx.resume and (out / "checkpoints").is_dir()
+    res = run_sft(SFTRunConfig(data=DataConfig(**ctx.spec.data), sft=lm, out=str(out), resume=resume,
+                               keep_checkpoints=False, save_model=True, fusion=fc.kind, stack=fc.stack),
+                  split=split, hooks=ctx.hooks, force=True)
+    met, test = res.metrics, split.test
+    m = dict(met["test"])
+    m.update(fit_seconds=met["wall_s"], score_ms_per_item=met["inference_ms_per_job"],
+             n_train=int(len(split.train)), n_validation=int(len(split.validation)),
+             lm_only_f1=met["fusion"]["lm_only_test"]["f1"], lm_only_roc_auc=met["fusion"]["lm_only_test"]["roc_auc"],
+             tree=met["fusion"]["tree"])
+    return RunResult(m, _keyed(res.predictions, test),
+                     details={"fusion": {k: v for k, v in met["fusion"].items() if k != "features"},
+                              "lm_train": met["train"], "threshold": met["threshold"], "split": met["split"]},
+                     artifacts={"model": "fusion/model"})
+
+
 def adapter_icl(ctx: RunContext) -> RunResult:
     """``llmad.api.icl.run_icl`` on the cached, limited split: demonstrations/statistics from train, threshold on
     validation; the loaded language model is shared by the invocation's ICL runs (unless LoRA changes it)."""
@@ -272,7 +304,8 @@ def adapter_replay(ctx: RunContext) -> RunResult:
         ctx.guard.use(f"fit of {source} (its train runs)", up_ids["train"])
         ctx.guard.use(f"threshold of {source} (its validation runs)", up_ids["validation"])
         ctx.stage(f"loading {source}")
-        detector = open_detector(str(up_dir / "sft" / "model"), quantize=cfg.quantize)
+        model = json.loads((up_dir / "details.json").read_text()).get("artifacts", {}).get("model", "sft/model")
+        detector = open_detector(str(up_dir / model), quantize=cfg.quantize)
     else:
         warn("unguarded-source", f"replay source {source}: a saved detector from outside the recipe; its training "
                                  f"rows are not known to the leakage guard (it may have seen these test runs)")
@@ -310,6 +343,7 @@ def adapter_replay(ctx: RunContext) -> RunResult:
 
 
 ADAPTERS: dict[str, Callable[[RunContext], RunResult]] = {
-    "baseline": adapter_baseline, "sft": adapter_sft, "icl": adapter_icl, "numeric": adapter_numeric,
+    "baseline": adapter_baseline, "sft": adapter_sft, "fusion": adapter_fusion, "icl": adapter_icl,
+    "numeric": adapter_numeric,
     "replay": adapter_replay, "nll": adapter_nll,
 }

@@ -62,9 +62,10 @@ def template_extras(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     from llmad.render import template_hash
 
     out: dict[str, Any] = {}
-    if cfg.get("template") and kind in ("sft", "icl", "replay"):
+    template = (cfg.get("sft") or {}).get("template") if kind == "fusion" else cfg.get("template")
+    if template and kind in ("sft", "fusion", "icl", "replay"):
         with contextlib.suppress(LlmadError):
-            out["template_hash"] = template_hash(str(cfg["template"]))
+            out["template_hash"] = template_hash(str(template))
     if kind == "icl":
         for name in ("task", "demos", "query", "stats"):
             with contextlib.suppress(LlmadError):
@@ -95,10 +96,14 @@ def plan(recipe: Recipe) -> list[RunSpec]:
                             limits[k.split("_")[0]] = v
                         else:
                             conf[k] = v
-                    if m.method == "sft" and limits["train"] is not None:
-                        if conf.get("train_limit") is not None:
+                    if m.method in ("sft", "fusion") and limits["train"] is not None:
+                        # SFT subsamples train itself (seeded, stated in its outputs); a fusion's LM is an SFT.
+                        lm = conf if m.method == "sft" else dict(conf.get("sft") or {})
+                        if lm.get("train_limit") is not None:
                             raise LlmadError(f"method {m.name}: train_limit given twice (entry and config)")
-                        conf["train_limit"] = limits["train"]
+                        lm["train_limit"] = limits["train"]
+                        if m.method == "fusion":
+                            conf["sft"] = lm
                         limits["train"] = None
                     if "seed" in cfg_fields:
                         conf["seed"] = seed

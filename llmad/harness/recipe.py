@@ -14,14 +14,14 @@ from llmad.config import check_value, from_dict, load_yaml, parse_yaml
 from llmad.data.specs import spec_family
 from llmad.errors import LlmadError
 
-METHOD_KINDS = ("baseline", "sft", "icl", "replay", "numeric", "nll")
+METHOD_KINDS = ("baseline", "sft", "fusion", "icl", "replay", "numeric", "nll")
 # Sweeping one of these draws a learning curve (x = number of labeled samples the method may learn from).
 LABELED_KEYS = ("train_limit", "shots", "train_examples")
 HEADLINES = ("f1", "accuracy", "precision", "recall")
 TABLE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 ENTRY_SWEEPABLE = ("train_limit", "validation_limit", "test_limit")
 # Keys the harness fills from the recipe (seeds, dataset entries): a recipe must not set them in config.
-HARNESS_OWNED = {"baseline": {"seed"}, "sft": {"seed"}, "icl": {"seed"}, "nll": {"seed"},
+HARNESS_OWNED = {"baseline": {"seed"}, "sft": {"seed"}, "fusion": {"seed"}, "icl": {"seed"}, "nll": {"seed"},
                  "numeric": {"seed", "data", "data_dir", "split", "test_types", "out"}, "replay": set()}
 
 
@@ -57,8 +57,8 @@ class MethodEntry:
     train_limit: int | None = None  # seeded subsample of the train part (sft: SFTConfig.train_limit)
     validation_limit: int | None = None  # baseline/icl: seeded subsample of validation
     test_limit: int | None = None  # baseline/icl: seeded subsample of test (stated in the table)
-    # replay only: the detector streamed (baseline:rf | baseline:hgb-context | an sft method of this recipe | a
-    # saved detector folder); its train/validation/test limits count whole DAG runs, not rows.
+    # replay only: the detector streamed (baseline:rf | baseline:hgb-context | an sft or fusion method of this recipe
+    # | a saved detector folder); its train/validation/test limits count whole DAG runs, not rows.
     source: str | None = None
 
 
@@ -216,13 +216,16 @@ def _validate(recipe: Recipe, where: str) -> None:
             unknown = sorted(set(m.datasets) - set(names))
             if unknown:
                 raise LlmadError(f"{where}: method {m.name}: unknown dataset(s) {unknown}; have {names}")
-        if m.method == "sft" and (m.validation_limit or m.test_limit):
-            raise LlmadError(f"{where}: method {m.name}: sft scores the whole validation/test part "
+        if m.method == "fusion" and isinstance(m.config.get("sft"), dict) and "seed" in m.config["sft"]:
+            raise LlmadError(f"{where}: methods[{i}].config.sft: ['seed'] is set by the harness (from seeds), "
+                             f"not in config")
+        if m.method in ("sft", "fusion") and (m.validation_limit or m.test_limit):
+            raise LlmadError(f"{where}: method {m.name}: {m.method} scores the whole validation/test part "
                              f"(use the dataset's limit instead of validation_limit/test_limit)")
         if m.method == "replay":
             if not m.source:
                 raise LlmadError(f"{where}: method {m.name}: replay needs source: baseline:rf | baseline:hgb-context "
-                                 f"| <an sft method of this recipe> | <a saved detector folder>")
+                                 f"| <an sft or fusion method of this recipe> | <a saved detector folder>")
             if m.name == f"replay-{cfg.reveal}":
                 m.name = f"replay-{Path(m.source).name.replace('baseline:', '')}"
         elif m.source:
@@ -242,13 +245,14 @@ def _validate(recipe: Recipe, where: str) -> None:
     for m in recipe.methods:
         if m.method == "replay" and m.source in kinds:
             up = kinds[m.source]
-            if up.method != "sft" or up.sweep:
-                raise LlmadError(f"{where}: replay {m.name}: source {m.source!r} must be an sft method without a "
-                                 f"sweep")
+            if up.method not in ("sft", "fusion") or up.sweep:
+                raise LlmadError(f"{where}: replay {m.name}: source {m.source!r} must be an sft or fusion method "
+                                 f"without a sweep")
 
 
 # Method kind -> its config dataclass, imported on use (most live beside torch / sklearn code).
 CONFIG_CLASSES = {"baseline": "llmad.detectors.baselines:BaselineConfig", "sft": "llmad.detectors.sft.config:SFTConfig",
+                  "fusion": "llmad.detectors.fusion.config:FusionConfig",
                   "icl": "llmad.detectors.icl.config:ICLConfig", "numeric": "llmad.api.numeric:NumericConfig",
                   "nll": "llmad.detectors.nll.config:NLLConfig", "replay": "llmad.stream:StreamConfig"}
 
@@ -275,6 +279,10 @@ def method_default_name(kind: str, cfg: dict[str, Any], built: Any = None) -> st
         return f"{cfg.get('method', 'rf')}-{cfg.get('features', 'plain')}"
     if kind == "sft":
         return f"sft-{Path(str(cfg.get('model', 'minilm'))).name}-{Path(str(cfg.get('template', 'compact'))).stem}"
+    if kind == "fusion":
+        lm = cfg.get("sft") or {}
+        return (f"{cfg.get('kind', 'stack')}-{Path(str(lm.get('model', 'minilm'))).name}-"
+                f"{Path(str(lm.get('template', 'compact'))).stem}")
     if kind == "icl":
         return f"icl-{Path(str(cfg.get('model', 'smollm2-135m'))).name}-{cfg.get('shots', 4)}shot"
     if kind == "numeric":

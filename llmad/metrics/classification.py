@@ -70,6 +70,20 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float], objective: 
     return float(cands[int(np.argmax(v))])
 
 
+def objective_value(labels: Sequence[int], scores: Sequence[float], threshold: float, objective: str = "f1") -> float:
+    """The value of a threshold objective (f1 | accuracy | youden) with ``scores >= threshold`` flagged."""
+    y = np.asarray(labels).astype(int)
+    pred = (np.asarray(scores, dtype=float) >= threshold).astype(int)
+    if objective == "f1":
+        return float(skm.f1_score(y, pred, zero_division=1.0))
+    if objective == "accuracy":
+        return float(skm.accuracy_score(y, pred))
+    if objective == "youden":
+        tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+        return float((tp / (tp + fn) if tp + fn else 0.0) - (fp / (fp + tn) if fp + tn else 0.0))
+    raise ValueError(f"unknown threshold objective {objective!r} (expected f1, accuracy or youden)")
+
+
 def fpr_at_recall(labels: Sequence[int], scores: Sequence[float], recall: float = 0.95) -> float:
     """False-positive rate at the smallest threshold reaching ``recall`` on the positives."""
     y = np.asarray(labels).astype(int)

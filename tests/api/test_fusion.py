@@ -14,6 +14,7 @@ from llmad.api.replay import run_replay
 from llmad.api.sft import SFTRunConfig, run_sft
 from llmad.config import DataConfig
 from llmad.data.splits import Split
+from llmad.detectors.fusion.config import StackConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
 from llmad.errors import LlmadError
@@ -51,7 +52,7 @@ def test_stack_cross_fits_by_run_and_reopens(tmp_path, monkeypatch):
     monkeypatch.setattr(SFTDetector, "fit", spy_fit)
     monkeypatch.setattr(SFTDetector, "score", spy_score)
     cfg = SFTRunConfig(data=DataConfig(spec="flowbench:not-loaded"), out=str(tmp_path / "run"), sft=_sft(tiny),
-                       fusion="stack", fusion_folds=3)
+                       fusion="stack", stack=StackConfig(folds=3))
     res = run_sft(cfg, split=split)
     det = res.details["detector"]
     folds = [i for i in trained if i != id(det.lm_)]
@@ -74,7 +75,7 @@ def test_stack_cross_fits_by_run_and_reopens(tmp_path, monkeypatch):
 def test_stack_from_the_data_path_predicts_and_replays(tiny_zip, tmp_path):
     tiny = str(make_tiny_bert(tmp_path / "tiny"))
     cfg = SFTRunConfig(data=DataConfig(spec=str(tiny_zip), split="run"), out=str(tmp_path / "run"),
-                       sft=_sft(tiny), fusion="stack", fusion_folds=2)
+                       sft=_sft(tiny), fusion="stack", stack=StackConfig(folds=2, tree="auto"))
     res = run_sft(cfg)
     model = tmp_path / "run" / "model"
     pred = run_predict(model, str(tiny_zip), split="run", part="test", out=tmp_path / "p", printer=lambda _: None)

@@ -105,7 +105,7 @@ def stack_case() -> Case:
         cfg = SFTConfig(model=str(bert), template="compact", max_length=48, epochs=1, lr=3e-3, batch_size=32,
                         eval_batch_size=64, freeze="none", early_stopping_patience=0, progress=False,
                         logging_steps=1000, seed=0)
-        return detector_class("fusion-stack")(cfg, folds=2, max_iter=50)
+        return detector_class("fusion-stack")(cfg, folds=2, tree="hgb", n_estimators=50)
 
     return Case("fusion-stack", make, job_parts, planted_jobs(950.0),
                 fit_kw=lambda work: {"output_dir": work / "fit", "printer": lambda s: None})

@@ -65,7 +65,12 @@ def test_ci_tiny_recipe_end_to_end_on_real_data(real_data_dir, tmp_path):
     bad = [s for s in rep["status"] if s["status"] != "done"]
     assert not bad, bad
     table = pd.read_csv(out / "results.csv")
-    assert set(table["kind"]) == {"baseline", "sft", "icl", "replay"}
+    assert set(table["kind"]) == {"baseline", "sft", "fusion", "icl", "replay"}
+    runs = {json.loads((d / "run.json").read_text())["method"]: d for d in (out / "runs").iterdir()}
+    stack = json.loads((runs["stack-minilm"] / "metrics.json").read_text())
+    assert stack["tree"] in ("rf", "hgb") and 0 <= stack["lm_only_f1"] <= 1
+    assert (runs["stack-minilm"] / "fusion" / "model" / "lm" / "detector.json").is_file()
+    assert set(table.loc[table["kind"] == "replay", "method"]) == {"replay-sft", "replay-stack"}
     assert table["f1_mean"].between(0, 1).all() and table["n_test"].gt(0).all()
     assert json.loads((out / "results.json").read_text())["rows"][0]["dataset"] == "eht_imaging"
     md = (out / "report.md").read_text()

@@ -1,11 +1,13 @@
-"""Fusion of the language model and the numbers, stacked (``llmad sft --fusion stack``): a gradient-boosted tree
-over [the job's numeric features, its peer-context features (``ctx_*``), the fine-tuned LM's score].
+"""Fusion of the language model and the numbers, stacked (``llmad sft --fusion stack``, recipe ``method: fusion``): a
+tree over [the job's numeric features, its peer-context features (``ctx_*``), the fine-tuned LM's score].
 
 Why stacked and cross-fitted: a tree fed the LM's score on rows the LM trained on would learn to trust an
 over-confident score. So every train row's LM score comes from an LM that never saw that row: the train runs are
 cut into K folds by run (``GroupKFold``; jobs of one run share peers, so a fold never splits a run), an LM is
 fine-tuned on K-1 folds and scores the held-out one. Validation and test rows are scored by one more LM trained on
-all train rows (what the saved detector keeps). The threshold is chosen on validation, as for every detector.
+all train rows (what the saved detector keeps). The tree is built as the baselines build theirs
+(``llmad.detectors.baselines.make_estimator``); ``tree: auto`` fits rf and hgb and keeps the one with the better
+validation objective. The threshold is chosen on validation, as for every detector.
 
 Saved as ``detector.json`` (kind ``fusion-stack``) + ``lm/`` (a saved SFT detector) + ``tree.pkl``.
 """
@@ -22,30 +24,32 @@ import numpy as np
 import pandas as pd
 
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
-from llmad.detectors.baselines import feature_columns, feature_matrix
+from llmad.detectors.baselines import feature_columns, fit_tree, make_estimator, tree_inputs
+from llmad.detectors.fusion.config import TREES, StackConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.errors import LlmadError
 
-FUSION_KINDS = ("none", "stack")
-
-
 class StackDetector(Detector):
-    """A HistGradientBoosting tree over [numeric + peer-context features, cross-fitted LM score]."""
+    """A tree (rf or hgb) over [numeric + peer-context features, cross-fitted LM score]."""
 
     kind = "fusion-stack"
     name = "fusion-stack"
 
-    def __init__(self, sft: SFTConfig | None = None, folds: int = 3, seed: int = 0, max_iter: int = 200):
+    def __init__(self, sft: SFTConfig | None = None, folds: int = 3, seed: int = 0, tree: str = "auto",
+                 n_estimators: int = 300):
         self.sft = sft if sft is not None else SFTConfig()
-        self.folds, self.seed, self.max_iter = folds, seed, max_iter
+        self.folds, self.seed, self.tree, self.n_estimators = folds, seed, tree, n_estimators
         self.name = f"stack-{Path(str(self.sft.model)).name}-{Path(self.sft.template).stem}"
 
-    # ------------------------------------------------------------------ inputs
-    def _features(self, items: pd.DataFrame) -> np.ndarray:
-        return feature_matrix(items, "context", causal=self.sft.causal, base=getattr(self, "features_", None))
+    @classmethod
+    def from_config(cls, stack: StackConfig, sft: SFTConfig, seed: int = 0) -> "StackDetector":
+        """Build from a ``StackConfig`` and the LM's ``SFTConfig``."""
+        return cls(sft, folds=stack.folds, seed=seed, tree=stack.tree, n_estimators=stack.n_estimators)
 
+    # ------------------------------------------------------------------ inputs
     def _x(self, items: pd.DataFrame, lm_scores: np.ndarray) -> np.ndarray:
-        return np.column_stack([self._features(items), np.asarray(lm_scores, dtype=float)])
+        x = tree_inputs(items, "context", causal=self.sft.causal, base=getattr(self, "features_", None))
+        return np.column_stack([x, np.asarray(lm_scores, dtype=float)])
 
     def input_columns(self) -> list[str]:
         """Columns the score depends on (the tree's features and the LM template's), for replays and predict."""
@@ -60,11 +64,11 @@ class StackDetector(Detector):
             printer: Callable[[str], None] = print) -> "StackDetector":
         """Cross-fit the LM by run (K folds), fit the tree on [features, out-of-fold LM score], then the LM on all
         of train; threshold on validation. Checkpoints of each LM under ``output_dir/fold<i>`` and ``/full``."""
-        from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.model_selection import GroupKFold
 
         from llmad.detectors.sft.detector import SFTDetector
         from llmad.detectors.sft.training import validation_rows
+        from llmad.metrics.classification import choose_threshold, objective_value
 
         cfg = self.sft
         groups = train["run_id"].astype(str).to_numpy() if "run_id" in train.columns else np.arange(len(train))
@@ -89,20 +93,41 @@ class StackDetector(Detector):
         printer(f"fusion stack: LM on all {len(train)} train rows (scores validation and test)")
         self.lm_ = SFTDetector(cfg).fit(train, validation, output_dir=out / "full", resume=resume, printer=printer)
         self._check_not_paused(self.lm_)
-        self.tree_ = HistGradientBoostingClassifier(max_iter=self.max_iter, random_state=self.seed)
-        self.tree_.fit(self._x(train, oof), y)
         if output_dir is None:
             shutil.rmtree(out, ignore_errors=True)
-        self.train_info_ = {"folds": self.folds_, "cross_fit_auc": _auc(y, oof), "lm": self.lm_.train_info_}
+        x_train = self._x(train, oof)
         val = validation_rows(validation, cfg)
-        if val is None or not len(val) or cfg.threshold_objective == "argmax":
+        x_val, y_val = None, None
+        if val is not None and len(val):
+            lm_val = getattr(self.lm_, "validation_scores_", None)  # validation scored once: the LM's own pass
+            if lm_val is None or len(lm_val) != len(val):
+                lm_val = self.lm_.score(val)
+            x_val, y_val = self._x(val, lm_val), val["label"].to_numpy().astype(int)
+        if self.tree not in TREES:
+            raise LlmadError(f"fusion stack: tree {self.tree!r}: expected one of {', '.join(TREES)}")
+        # Without validation rows there is nothing to choose on: auto falls back to hgb.
+        kinds = ["rf", "hgb"] if self.tree == "auto" and x_val is not None else \
+            ["hgb" if self.tree == "auto" else self.tree]
+        objective = cfg.threshold_objective if cfg.threshold_objective != "argmax" else "f1"
+        tried = {}
+        for kind in kinds:
+            est = fit_tree(make_estimator(kind, n_estimators=self.n_estimators, seed=self.seed), x_train, y)
+            if x_val is None:
+                tried[kind] = (est, None, float("nan"))
+                continue
+            s_val = est.predict_proba(x_val)[:, 1]
+            thr = choose_threshold(y_val, s_val, objective)
+            tried[kind] = (est, s_val, objective_value(y_val, s_val, thr, objective))
+        self.tree_kind_ = max(tried, key=lambda k: np.nan_to_num(tried[k][2], nan=-1.0))
+        self.tree_, val_scores, _ = tried[self.tree_kind_]
+        self.train_info_ = {"folds": self.folds_, "cross_fit_auc": _auc(y, oof), "lm": self.lm_.train_info_,
+                            "tree": self.tree_kind_,
+                            "tree_validation": {k: v[2] for k, v in tried.items()}, "objective": objective}
+        if val_scores is None or cfg.threshold_objective == "argmax":
             self.threshold_ = 0.5
             return self
-        lm_val = getattr(self.lm_, "validation_scores_", None)  # validation scored once: the LM's own evaluation
-        if lm_val is None or len(lm_val) != len(val):
-            lm_val = self.lm_.score(val)
-        self.validation_scores_ = self.tree_.predict_proba(self._x(val, lm_val))[:, 1]
-        self.set_threshold(self.validation_scores_, val["label"].to_numpy(), cfg.threshold_objective)
+        self.validation_scores_ = val_scores
+        self.set_threshold(val_scores, y_val, cfg.threshold_objective)
         return self
 
     @staticmethod
@@ -114,9 +139,14 @@ class StackDetector(Detector):
     # ------------------------------------------------------------------ scoring
     def score(self, items: pd.DataFrame) -> np.ndarray:
         """P(anomalous) from the tree, given the job's features and the full-train LM's score."""
+        return self.score_parts(items)[1]
+
+    def score_parts(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(the full-train LM's own score, the stack's score): the LM alone is reported beside the stack."""
         if len(items) == 0:
-            return np.zeros(0)
-        return self.tree_.predict_proba(self._x(items, self.lm_.score(items)))[:, 1]
+            return np.zeros(0), np.zeros(0)
+        lm = np.asarray(self.lm_.score(items), dtype=float)
+        return lm, self.tree_.predict_proba(self._x(items, lm))[:, 1]
 
     def quantized(self) -> "StackDetector":
         """A copy whose LM scores through its int8 CPU copy (``llmad predict --quantize``, replays)."""
@@ -138,8 +168,9 @@ class StackDetector(Detector):
             with open(tmp / "tree.pkl", "wb") as fh:  # our own fitted sklearn object (as baselines save theirs)
                 pickle.dump(self.tree_, fh)
             write_detector_json(tmp, self.kind, {
-                "sft": asdict(self.sft), "folds": self.folds, "seed": self.seed, "max_iter": self.max_iter,
-                "threshold": self.threshold_, "features": getattr(self, "features_", None),
+                "sft": asdict(self.sft), "folds": self.folds, "seed": self.seed, "tree": self.tree,
+                "n_estimators": self.n_estimators, "tree_kind": self.tree_kind_, "threshold": self.threshold_,
+                "features": getattr(self, "features_", None),
                 "train_info": {k: v for k, v in getattr(self, "train_info_", {}).items() if k != "lm"}})
 
     @classmethod
@@ -153,7 +184,9 @@ class StackDetector(Detector):
         if meta.get("kind") != cls.kind:
             raise LlmadError(f"{p}: detector.json is of kind {meta.get('kind')!r}, not {cls.kind}")
         sft = from_dict(SFTConfig, meta["sft"], where=str(p / "detector.json"))
-        det = cls(sft=sft, folds=meta["folds"], seed=meta["seed"], max_iter=meta["max_iter"])
+        det = cls(sft=sft, folds=meta["folds"], seed=meta["seed"], tree=meta.get("tree", "hgb"),
+                  n_estimators=meta.get("n_estimators", meta.get("max_iter", 300)))
+        det.tree_kind_ = meta.get("tree_kind", "hgb")
         det.lm_ = SFTDetector.load(p / "lm", device=device)
         with open(p / "tree.pkl", "rb") as fh:
             det.tree_ = pickle.load(fh)
@@ -170,4 +203,4 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     return float(roc_auc_score(y[ok], s[ok])) if 0 < y[ok].sum() < ok.sum() else float("nan")
 
 
-__all__ = ["StackDetector", "FUSION_KINDS"]
+__all__ = ["StackDetector"]

@@ -1,0 +1,33 @@
+"""Settings of the fused (LM + numbers) detectors: ``StackConfig`` (the stacked tree) and ``FusionConfig`` (a
+recipe's ``method: fusion`` entry). Light on purpose: CLI help and recipe checks import it without sklearn/torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmad.config import option
+from llmad.detectors.sft.config import SFTConfig
+
+FUSION_KINDS = ("none", "stack")
+TREES = ("auto", "rf", "hgb")
+
+
+@dataclass
+class StackConfig:
+    """Settings of the stacked tree (the LM's are an ``SFTConfig``)."""
+
+    folds: int = option(3, "cross-fitting folds, by run (K LMs on K-1 folds each, plus one on all train rows)")
+    tree: str = option("auto", "rf | hgb | auto (fit both, keep the better on validation); built as the baselines")
+    n_estimators: int = option(300, "trees (rf) or boosting iterations (hgb), as the baselines")
+
+
+@dataclass
+class FusionConfig:
+    """A recipe's ``method: fusion`` entry: the stack and its LM (``seed`` set by the harness for both)."""
+
+    kind: str = option("stack", "stack (the one fusion so far)")
+    stack: StackConfig = option(help="the stacked tree", factory=StackConfig)
+    sft: SFTConfig = option(help="the LM's fine-tuning settings", factory=SFTConfig)
+    seed: int = option(0, "seed of the LMs, the folds and the tree")
+
+
+__all__ = ["StackConfig", "FusionConfig", "FUSION_KINDS", "TREES"]
