@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -41,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 
 from llmad.detectors.icl.config import ICLConfig  # noqa: E402
 from llmad.detectors.icl.detector import ICLDetector  # noqa: E402
-from llmad.detectors.icl.scoring import parse_label  # noqa: E402
 from llmad.io import atomic_write_text, provenance, write_json  # noqa: E402
 from llmad.metrics.classification import choose_threshold, classification_report  # noqa: E402
 from llmad.models.packages import cache_dir  # noqa: E402
@@ -400,7 +398,10 @@ def speed_phase(args) -> None:
 
 
 def cot_phase(args) -> None:
-    """Chain-of-thought on a sample: explanations saved per job, parse rate and answer accuracy."""
+    """Chain-of-thought on a sample: rationales saved per job, the answer rates (written by the model / forced by
+    scoring the label words after an appended "Answer:"), answer accuracy, and score mode on the same rows."""
+    from sklearn.metrics import roc_auc_score
+
     t0 = time.perf_counter()
     split, test, _ = load_split(args)
     sub = test.iloc[:args.cot_rows]
@@ -421,19 +422,30 @@ def cot_phase(args) -> None:
             d = det.score_details(sub.iloc[i:i + 1])
         out_rows.append({"row": i, "job_id": str(sub["job_id"].iloc[i]), "label": int(sub["label"].iloc[i]),
                          "anomaly_type": str(sub["anomaly_type"].iloc[i]), "parsed": int(d["parsed"].iloc[0]),
-                         "seconds": time.perf_counter() - t, "reasoning": d["generation"].iloc[0]})
+                         "answer": d["answer"].iloc[0], "answer_source": d["answer_source"].iloc[0],
+                         "p_abnormal": float(d["p_abnormal"].iloc[0]),
+                         "seconds": time.perf_counter() - t, "reasoning": d["rationale"].iloc[0]})
         atomic_write_text(out_f, "".join(json.dumps(r) + "\n" for r in out_rows))
     parsed = np.array([r["parsed"] for r in out_rows])
     y = np.array([r["label"] for r in out_rows])
+    src = np.array([r.get("answer_source", "") for r in out_rows])
+    p_ab = np.array([r.get("p_abnormal", np.nan) for r in out_rows], dtype=float)
     ok = parsed >= 0
+    # Score mode (label-word log-probabilities, argmax) on the same rows and demonstrations: what CoT adds.
+    score_det = ICLDetector(config=replace(cfg, mode="score")).fit(split.train, None, lm=det.lm_)
+    s = score_det.score(sub.iloc[:len(out_rows)])
+    both = 0 < y.sum() < len(y)
     summary = {"rows": len(out_rows), "target_rows": args.cot_rows, "seed": args.seed, "shots": 4,
                "select": "balanced", "template": args.template, "parse_rate": float(ok.mean()),
-               "parsed": int(ok.sum()),
+               "parsed": int(ok.sum()), "explicit_answer_rate": float(np.mean(src == "generated")),
+               "forced_answer_rate": float(np.mean(src == "forced")),
                "accuracy_on_parsed": float((parsed[ok] == y[ok]).mean()) if ok.any() else None,
                "accuracy_unparsed_as_normal": float((np.where(ok, parsed, 0) == y).mean()),
                "predicted_abnormal_on_parsed": float((parsed[ok] == 1).mean()) if ok.any() else None,
-               "explicit_answer_rate": float(np.mean([parse_label(r["reasoning"], cot=True) is not None and bool(
-                   re.search(r"answer\W*\s*(?:normal|abnormal)", r["reasoning"].lower())) for r in out_rows])),
+               "answer_roc_auc": float(roc_auc_score(y, np.nan_to_num(p_ab, nan=0.5))) if both else None,
+               "score_mode_accuracy": float(((s >= 0).astype(int) == y).mean()),
+               "score_mode_roc_auc": float(roc_auc_score(y, s)) if both else None,
+               "repetition_penalty": cfg.repetition_penalty, "no_repeat_ngram": cfg.no_repeat_ngram,
                "abnormal_rows": int(y.sum()), "max_new_tokens": args.cot_tokens,
                "seconds_per_job": float(np.mean([r["seconds"] for r in out_rows])),
                "machine": before, "explanations": "bench/results/icl_cot_explanations.jsonl",
@@ -446,19 +458,22 @@ def cot_phase(args) -> None:
     md = ["# Chain-of-thought ICL (smollm2-135m, 4 shots balanced, greedy)", "",
           f"{summary['rows']} test rows (the first of the seed-{args.seed} subsample of the paper-split 1000genome "
           f"test rows; {summary['abnormal_rows']} abnormal), job template `{args.template}`, at most "
-          f"{args.cot_tokens} new tokens, prefix KV cache reused. The model writes its reasoning after "
-          "`Reasoning:` and is asked to finish with `Answer: Normal|Abnormal`; the last `Answer:` wins, else the "
-          "last label word.", "",
-          "| rows | parse rate | explicit `Answer:` rate | accuracy on parsed | accuracy (unparsed = normal) | "
-          "predicted abnormal (parsed) | s/job |", "|---|---|---|---|---|---|---|",
+          f"{args.cot_tokens} new tokens, prefix KV cache reused. Demonstrations show `Reasoning: <the two values "
+          "furthest above the normal median>` then `Answer: <label>`. Decoding: no 4-gram twice and repetition "
+          f"penalty {cfg.repetition_penalty:g} over the generated tokens; it stops at the model's own `Answer: "
+          "<label>` or where it starts a new example; a rationale without an answer gets `Answer:` appended and "
+          "the two label words scored there (forced).", "",
+          "| rows | answered | written by the model | forced | accuracy (CoT answer) | ROC-AUC (P(abnormal) at "
+          "the answer) | accuracy (score mode, same rows) | ROC-AUC (score mode) | s/job |",
+          "|---|---|---|---|---|---|---|---|---|",
           f"| {summary['rows']} | {summary['parse_rate']:.2f} | {summary['explicit_answer_rate']:.2f} | "
-          f"{fmt(summary['accuracy_on_parsed'])} | "
-          f"{summary['accuracy_unparsed_as_normal']:.3f} | {fmt(summary['predicted_abnormal_on_parsed'])} | "
-          f"{summary['seconds_per_job']:.1f} |", "",
-          "Every explanation: bench/results/icl_cot_explanations.jsonl. The first five:", ""]
+          f"{summary['forced_answer_rate']:.2f} | {fmt(summary['accuracy_on_parsed'])} | "
+          f"{fmt(summary['answer_roc_auc'])} | {summary['score_mode_accuracy']:.3f} | "
+          f"{fmt(summary['score_mode_roc_auc'])} | {summary['seconds_per_job']:.1f} |", "",
+          "Every rationale: bench/results/icl_cot_explanations.jsonl. The first five:", ""]
     for r in out_rows[:5]:
-        md.append(f"- job {r['job_id']} (label {r['label']}, parsed {r['parsed']}): "
-                  f"{r['reasoning'][:400].replace(chr(10), ' ')}")
+        md.append(f"- job {r['job_id']} (label {r['label']}, answer {r.get('answer', '')} "
+                  f"({r.get('answer_source', '')})): {r['reasoning'][:400].replace(chr(10), ' ')}")
     atomic_write_text(RESULTS / "icl_cot.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -52,6 +52,8 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
                    "lm_only_test": classification_report(test["label"], parts["lm"],
                                                          threshold=float(det.lm_.threshold_))},
         "train": {k: v for k, v in det.lm_.train_info_.items() if k != "log_history"},
+        # The paper's bias measure of the fine-tuned LM inside the stack (the full-train one), as llmad sft reports.
+        "bias": getattr(det.lm_, "bias_", None),
         "inference_jobs_per_s": 1000.0 / ms if ms > 0 else float("nan"), "inference_ms_per_job": ms,
         "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - t0,
     }

@@ -103,6 +103,8 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
                f"lora={cfg.lora_r}: test n={len(test)} accuracy={metrics['accuracy']:.3f} f1={metrics['f1']:.3f}"
                + (f" argmax-accuracy={metrics['argmax']['accuracy']:.3f}" if "argmax" in metrics else "")
                + (f" parse-rate={metrics['parse_rate']:.3f}" if "parse_rate" in metrics else "")
+               + (f" explicit-answer={metrics['explicit_answer_rate']:.3f}" if "explicit_answer_rate" in metrics
+                  else "")
                + f" ({metrics['prompts_per_second']:.2f} prompts/s) -> {out}")
     det.save(out / "model")  # opens in llmad predict / replay / watch like every saved detector
     artifacts = {"config": "config.json", "metrics": "metrics.json", "predictions": "predictions.csv",
@@ -110,9 +112,11 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
     if cfg.mode == "cot":
         from llmad.io import atomic_write_text
 
-        lines = [json.dumps({"job_id": str(j), "label": int(lab), "parsed": int(p), "reasoning": g})
-                 for j, lab, p, g in zip(preds.get("job_id", range(len(preds))), preds["label"], preds["parsed"],
-                                         preds["generation"])]
+        lines = [json.dumps({"job_id": str(j), "label": int(lab), "parsed": int(p), "answer": a, "answer_source": src,
+                             "p_abnormal": None if pa != pa else float(pa), "reasoning": g})
+                 for j, lab, p, a, src, pa, g in zip(preds.get("job_id", range(len(preds))), preds["label"],
+                                                     preds["parsed"], preds["answer"], preds["answer_source"],
+                                                     preds["p_abnormal"], preds["rationale"])]
         atomic_write_text(out / "reasoning.jsonl", "\n".join(lines) + "\n")
         artifacts["reasoning"] = "reasoning.jsonl"
     write_run(out, config={"icl": asdict(cfg), "run": asdict(run), "split_info": split.info}, metrics=metrics,
@@ -123,7 +127,8 @@ def run_icl(cfg: ICLConfig, run: ICLRun, *, split: Any = None, hooks: RunHooks |
 
 
 def _metrics(cfg: ICLConfig, test: Any, details: Any, threshold: float, report: Callable) -> dict[str, Any]:
-    """Test metrics at the validation threshold, plus the argmax protocol (score) or parse rates (generate/cot)."""
+    """Test metrics at the validation threshold, plus the argmax protocol (score) or parse rates (generate/cot; cot
+    also the explicit / forced answer shares and the ROC-AUC of P(abnormal) at the answer position)."""
     y = test["label"].to_numpy().astype(int)
     scores = details["score"].to_numpy(dtype=float)
     types = test["anomaly_type"].astype(str).to_numpy() if "anomaly_type" in test else None
@@ -138,4 +143,16 @@ def _metrics(cfg: ICLConfig, test: Any, details: Any, threshold: float, report: 
         metrics["unparseable"] = int(np.sum(parsed < 0))
         ok = parsed >= 0
         metrics["accuracy_on_parsed"] = float(np.mean(parsed[ok] == y[ok])) if ok.any() else float("nan")
+        if cfg.mode == "cot":
+            # parse_rate counts forced answers too; explicit_answer_rate only the rows whose rationale wrote
+            # "Answer: <label>" itself (the issue's >= 95% target).
+            src = details["answer_source"].to_numpy()
+            metrics["explicit_answer_rate"] = float(np.mean(src == "generated"))
+            metrics["forced_answer_rate"] = float(np.mean(src == "forced"))
+            p_ab = details["p_abnormal"].to_numpy(dtype=float)
+            fin = np.isfinite(p_ab)
+            if fin.any() and 0 < y[fin].sum() < fin.sum():
+                from sklearn.metrics import roc_auc_score
+
+                metrics["answer_roc_auc"] = float(roc_auc_score(y[fin], p_ab[fin]))
     return metrics

@@ -164,6 +164,10 @@ def _run_sft(cfg: SFTRunConfig, out: Path, split: Split | None, hooks: RunHooks)
     }
     if collapse is not None:
         metrics["collapse"] = collapse
+    # The paper's bias measure: P(abnormal) - P(normal) on content-free inputs, before and after training.
+    metrics["bias"] = det.bias_
+    hooks.log("P(abnormal) - P(normal) before -> after training: " + "; ".join(
+        f"{k} {v['before']:+.3f} -> {v['after']:+.3f}" for k, v in det.bias_.items()))
     t = metrics["test"]
     summary = (f"sft {cfg.sft.model} [{cfg.sft.template}] on {cfg.data.spec} ({split.kind} split): test accuracy "
                f"{t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "

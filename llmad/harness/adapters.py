@@ -30,12 +30,13 @@ def _report(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in REPORT_KEYS if k in metrics}
 
 
-def _keyed(preds: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
-    """The api's per-job predictions with the harness's row ``key`` in front (and only the standard columns)."""
+def _keyed(preds: pd.DataFrame, test: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The api's per-job predictions with the harness's row ``key`` in front (the standard columns, plus ``extra``
+    ones the report shows)."""
     if len(preds) != len(test) or not (preds["job_id"].astype(str).to_numpy() ==
                                        test["job_id"].astype(str).to_numpy()).all():
         raise LlmadError("the run's predictions do not line up with the harness's test part (split changed?)")
-    out = preds[[c for c in (*ID_COLUMNS, "score", "prediction") if c in preds.columns]].copy()
+    out = preds[[c for c in (*ID_COLUMNS, "score", "prediction", *extra) if c in preds.columns]].copy()
     out.insert(0, "key", job_keys(test, "test"))
     return out
 
@@ -86,6 +87,8 @@ def adapter_sft(ctx: RunContext) -> RunResult:
     m.update(fit_seconds=met["train"].get("train_s"), score_ms_per_item=met["inference_ms_per_job"],
              n_train=met["train"].get("train_rows"), n_validation=int(len(split.validation)),
              argmax_accuracy=met["test_argmax"]["accuracy"], argmax_f1=met["test_argmax"]["f1"])
+    for k, v in (met.get("bias") or {}).items():  # P(abnormal) - P(normal) on no evidence, after training
+        m[f"bias_{k}"] = v["after"]
     artifacts = {"model": "sft/model"}
     det = res.details.get("detector")
     if det is not None:
@@ -175,9 +178,14 @@ def adapter_icl(ctx: RunContext) -> RunResult:
              n_train=int(len(train)), n_validation=int(len(val)))
     if cfg.mode == "score":
         m["argmax_accuracy"] = met["argmax"]["accuracy"]
+    for k in ("parse_rate", "explicit_answer_rate", "forced_answer_rate", "answer_roc_auc"):
+        if k in met:
+            m[k] = met[k]
     info = dict(res.details["icl"])
     info.pop("label_variants", None)
-    return RunResult(m, _keyed(res.predictions, test),
+    # CoT: the rationale and answer of each row, for the report's rationale examples.
+    extra = ("answer", "answer_source", "p_abnormal", "rationale") if cfg.mode == "cot" else ()
+    return RunResult(m, _keyed(res.predictions, test, extra),
                      details={"icl": info, "demonstration_keys": list(map(str, demo_keys))[:64]})
 
 

@@ -17,6 +17,7 @@ from llmad.harness.recipe import Recipe
 from llmad.io import atomic_write_text, provenance, write_frame_csv, write_json
 
 RUNS_HEAD = ["dataset", "method", "seed", "status", "wall s", "folder"]
+RATIONALE_HEAD = ["dataset", "method", "seed", "job", "label", "answer", "rationale"]
 
 
 def status_rows(statuses: list[RunStatus]) -> list[dict[str, Any]]:
@@ -68,20 +69,41 @@ def write_report(recipe: Recipe, statuses: list[RunStatus], out: Path, added: li
         f"{counts['refused']} refused by the leakage guard.",
     ]
     bad = [s for s in status if s["status"] in ("failed", "refused")]
-    report_md = render_markdown(recipe, md_table, about, limits, bad, figs, notes, status, prov)
+    rationales = rationale_examples(statuses)
+    report_md = render_markdown(recipe, md_table, about, limits, bad, figs, notes, status, prov, rationales)
     atomic_write_text(out / "report.md", report_md)
     paths = {"results_md": out / "results.md", "results_csv": out / "results.csv",
              "results_json": out / "results.json", "report_md": out / "report.md"}
     if recipe.report.html:
         atomic_write_text(out / "report.html", render_html(recipe, table, about + limits, bad, figs, notes,
-                                                           status, prov, out))
+                                                           status, prov, out, rationales))
         paths["report_html"] = out / "report.html"
     return {"table": table, "paths": paths, "figures": figs, "notes": notes, "status": status}
 
 
+def rationale_examples(statuses: list[RunStatus], per_run: int = 4, width: int = 300) -> list[dict[str, Any]]:
+    """A few chain-of-thought rationales of each finished run whose predictions have a ``rationale`` column (ICL
+    ``mode: cot``): abnormal-labelled rows first, then normal ones, each cut to ``width`` characters."""
+    out = []
+    for st in sorted(statuses, key=lambda s: (s.spec.dataset, s.spec.row, s.spec.seed)):
+        f = st.run_dir / "predictions.csv"
+        if st.status not in ("done", "cached") or not f.is_file() or "rationale" not in pd.read_csv(f, nrows=0):
+            continue
+        pred = pd.read_csv(f, keep_default_na=False, dtype={"rationale": str, "answer": str})
+        ab = pred[pred["label"] == 1].head((per_run + 1) // 2)
+        for _, r in pd.concat([ab, pred[pred["label"] != 1].head(per_run - len(ab))]).iterrows():
+            text = " ".join(str(r["rationale"]).split())
+            out.append({"dataset": st.spec.dataset, "method": st.spec.row, "seed": st.spec.seed,
+                        "job": str(r.get("key", r.get("job_id", ""))), "label": int(r["label"]),
+                        "answer": f"{r.get('answer', '')} ({r.get('answer_source', '')})",
+                        "rationale": text if len(text) <= width else text[:width - 3] + "..."})
+    return out
+
+
 def render_markdown(recipe: Recipe, md_table: str, about: list[str], limits: list[str], bad: list[dict],
-                    figs: list[tuple[str, str]], notes: list[str], status: list[dict], prov: dict) -> str:
-    """report.md: the results table, what the rows mean, failures, plots, runs and provenance."""
+                    figs: list[tuple[str, str]], notes: list[str], status: list[dict], prov: dict,
+                    rationales: list[dict] | None = None) -> str:
+    """report.md: the results table, what the rows mean, failures, plots, CoT rationales, runs and provenance."""
     md = [f"# {recipe.name}", "", recipe.description.strip(), "", "## Results", "", md_table,
           *[f"- {a}" for a in about]]
     if limits:
@@ -94,6 +116,13 @@ def render_markdown(recipe: Recipe, md_table: str, about: list[str], limits: lis
         md += [f"### {cap}", "", f"![{cap}]({path})", ""]
     if notes:
         md += ["Not plotted:", *[f"- {n}" for n in notes], ""]
+    if rationales:
+        md += ["## Chain-of-thought rationales", "",
+               "The model's own words before its answer (answer source: generated = it wrote `Answer: <label>`, "
+               "forced = the label scored after an appended `Answer:`).", "",
+               "| " + " | ".join(RATIONALE_HEAD) + " |", "|" + "|".join(["---"] * len(RATIONALE_HEAD)) + "|"]
+        md += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in _rationale_cells(rationales)]
+        md += [""]
     md += ["## Runs", "", "| dataset | method | seed | status | wall s | folder |", "|---|---|---|---|---|---|"]
     md += [f"| {md_cell(s['dataset'])} | {md_cell(s['method'])} | {s['seed']} | {s['status']} | "
            f"{s['wall_seconds']} | runs/{s['hash']} |" for s in status]
@@ -105,13 +134,19 @@ def render_markdown(recipe: Recipe, md_table: str, about: list[str], limits: lis
     return "\n".join(md)
 
 
+def _rationale_cells(rationales: list[dict[str, Any]]) -> list[list[str]]:
+    return [[str(r[k]) for k in ("dataset", "method", "seed", "job", "label", "answer", "rationale")]
+            for r in rationales]
+
+
 def _runs_cells(status: list[dict[str, Any]]) -> list[list[str]]:
     return [[str(s["dataset"]), str(s["method"]), str(s["seed"]), str(s["status"]), str(s["wall_seconds"]),
              f"runs/{s['hash']}"] for s in status]
 
 
 def render_html(recipe: Recipe, table: pd.DataFrame, about: list[str], bad: list[dict],
-                figs: list[tuple[str, str]], notes: list[str], status: list[dict], prov: dict, out: Path) -> str:
+                figs: list[tuple[str, str]], notes: list[str], status: list[dict], prov: dict, out: Path,
+                rationales: list[dict] | None = None) -> str:
     """A self-contained HTML report: escaped tables, the plots inlined as base64 PNG."""
     import jinja2
     from markupsafe import Markup
@@ -120,11 +155,14 @@ def render_html(recipe: Recipe, table: pd.DataFrame, about: list[str], bad: list
     results = pd.DataFrame(rows, columns=head).to_html(escape=True, index=False, table_id="results", border=0)
     runs = pd.DataFrame(_runs_cells(status), columns=RUNS_HEAD).to_html(escape=True, index=False, table_id="runs",
                                                                          border=0)
+    cot = (pd.DataFrame(_rationale_cells(rationales), columns=RATIONALE_HEAD).to_html(
+        escape=True, index=False, table_id="rationales", border=0) if rationales else "")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     template = env.from_string(resources.files(__package__).joinpath("report.html.j2").read_text("utf-8"))
     return template.render(
         name=recipe.name, description=recipe.description.strip(), results_table=Markup(results),
         strong_rows=[i + 1 for i, s in enumerate(strong) if s], about=about, bad=bad,
         figures=[{"caption": cap, "data": base64.b64encode((out / path).read_bytes()).decode()} for cap, path in figs],
-        notes=notes, runs_table=Markup(runs), git_commit=str(prov.get("git_commit")), python=str(prov.get("python")),
+        notes=notes, rationales_table=Markup(cot), runs_table=Markup(runs), git_commit=str(prov.get("git_commit")),
+        python=str(prov.get("python")),
         versions=", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items()))

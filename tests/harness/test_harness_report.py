@@ -115,3 +115,38 @@ def test_markup_in_names_and_notes_renders_as_text(toy_zip, tmp_path, toy_recipe
         cells = [re.split(r"(?<!\\)\|", ln)[1:-1] for ln in rows]
         assert cells[0][1].strip().strip("*") == r"rf\|&lt;script>alert(1)&lt;/script>"
         assert all(len(c) == n_head for c in cells)
+
+
+def test_cot_rationales_are_shown_in_the_report(tmp_path):
+    """An ICL cot run's rationales (its predictions' ``rationale`` column) reach report.md and report.html,
+    escaped; runs without the column add nothing."""
+    from types import SimpleNamespace
+
+    from llmad.harness.execute import RunStatus
+    from llmad.harness.report import rationale_examples, render_html, render_markdown
+
+    def run(name, row, frame):
+        d = tmp_path / name
+        d.mkdir()
+        frame.to_csv(d / "predictions.csv", index=False)
+        return RunStatus(SimpleNamespace(dataset="toy", row=row, seed=0), "done", d)
+
+    cot = pd.DataFrame({"key": ["a", "b", "c"], "label": [0, 1, 0], "score": [0.0, 1.0, 0.0],
+                        "prediction": [0, 1, 0], "answer": ["Normal", "Abnormal", "Normal"],
+                        "answer_source": ["forced", "generated", "forced"], "p_abnormal": [0.2, 0.9, 0.1],
+                        "rationale": ["runtime is 1.0x |usual|\nfine", "runtime <b>9x</b>. Answer: Abnormal", ""]})
+    plain = cot[["key", "label", "score", "prediction"]]
+    statuses = [run("cot", "icl-cot", cot), run("plain", "rf", plain)]
+    ex = rationale_examples(statuses, per_run=2)
+    assert [(e["method"], e["job"], e["label"]) for e in ex] == [("icl-cot", "b", 1), ("icl-cot", "a", 0)]
+    assert ex[0]["answer"] == "Abnormal (generated)" and ex[1]["rationale"] == "runtime is 1.0x |usual| fine"
+    recipe = SimpleNamespace(name="toy", description="d")
+    md = render_markdown(recipe, "", [], [], [], [], [], [], {}, ex)
+    assert "## Chain-of-thought rationales" in md and r"runtime is 1.0x \|usual\| fine" in md
+    assert "&lt;b>9x&lt;/b>" in md
+    assert "Chain-of-thought" not in render_markdown(recipe, "", [], [], [], [], [], [], {}, [])
+    table = pd.DataFrame(columns=["dataset", "method", "strong_baseline"])
+    recipe.report = SimpleNamespace(headline="f1", ci=0.95)
+    page = render_html(recipe, table, [], [], [], [], [], {}, tmp_path, ex)
+    assert 'id="rationales"' in page and "<b>9x</b>" not in page and "&lt;b&gt;9x&lt;/b&gt;" in page
+    assert 'id="rationales"' not in render_html(recipe, table, [], [], [], [], [], {}, tmp_path, [])

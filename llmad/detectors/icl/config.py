@@ -54,6 +54,11 @@ class ICLConfig:
     max_new_tokens: int = option(8, "generation length [8 for generate, 160 for cot]", flag="--max-new-tokens")
     cot_max_new_tokens: int = option(160, "generation length in cot mode (set by --max-new-tokens too)",
                                      flag="--max-new-tokens")
+    # Over the generated tokens only (llmad.detectors.icl.cot says why not HF's own options): a 135M model's
+    # greedy rationale otherwise loops until max_new_tokens and never writes its Answer: line.
+    repetition_penalty: float = option(1.2, "cot: penalty on tokens the rationale already used (1 = off; label "
+                                            "words and the Answer cue exempt)", cli=False)
+    no_repeat_ngram: int = option(4, "cot: no n-gram of this many tokens twice in a rationale (0 = off)", cli=False)
     max_prompt_tokens: int | None = option(None, "prompt budget (default: the model's context window)")
     seed: int = option(0, "seed of demonstration selection, order and tuning")
     trust_remote_code: bool = option(False, "allow model code from the hub")
@@ -67,6 +72,8 @@ class ICLConfig:
                 raise LlmadError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.shots < 0:
             raise LlmadError("--shots must be >= 0")
+        if self.repetition_penalty <= 0 or self.no_repeat_ngram < 0:
+            raise LlmadError("repetition_penalty must be > 0 and no_repeat_ngram >= 0")
         if self.lora_r < 0 or self.train_examples < 0:
             raise LlmadError("--lora and --train-limit must be >= 0")
         if len(self.label_words) != 2 or not all(str(w).strip() for w in self.label_words):

@@ -76,16 +76,57 @@ def class_statistics(train: pd.DataFrame, features: Sequence[str], label_words: 
     return out
 
 
-def nearest_pool(train: pd.DataFrame, features: Sequence[str], texts: list[str]) -> dict[str, Any]:
-    """The ``select=nearest`` pool: standardised train features, their mean/std, rendered texts and labels."""
+def typical_values(train: pd.DataFrame, features: Sequence[str]) -> dict[str, float]:
+    """Median of each feature over the normal train rows (all rows when none is normal): what "usual" means in the
+    demonstrations' chain-of-thought rationales."""
+    part = train[train["label"] == 0] if (train["label"] == 0).any() else train
+    out = {}
+    for f in features:
+        v = pd.to_numeric(part[f], errors="coerce") if f in part else pd.Series(dtype=float)
+        out[f] = float(v.median()) if v.notna().any() else float("nan")
+    return out
+
+
+def demo_reasons(jobs: pd.DataFrame, features: Sequence[str], typical: dict[str, float], top: int = 2) -> list[str]:
+    """Per job, a one-line rationale from its data only (not its label): its ``top`` features furthest above the
+    normal median, as ``runtime 1.52k is 9.9x the normal median 153``.
+
+    Why: with demonstrations that end in a bare ``Answer:``, a 135M model answers CoT prompts with free text that
+    never reaches an answer line; demonstrations written as ``Reasoning: ... Answer: <label>`` show it the format
+    (few-shot chain-of-thought, Wei et al. 2022), and the facts stated are the comparison the task text asks for."""
+    from llmad.render import compact_num
+
+    cols = [f for f in features if f in jobs and np.isfinite(typical.get(f, np.nan)) and typical[f] > 0]
+    if not cols:
+        return ["no value can be compared with normal jobs."] * len(jobs)
+    vals = np.column_stack([pd.to_numeric(jobs[f], errors="coerce").to_numpy(dtype=float) for f in cols])
+    ratio = vals / np.array([typical[f] for f in cols])
+    # Stable descending order with missing values last (the pool may hold every train row: no per-row pandas).
+    order = np.argsort(-np.where(np.isfinite(ratio), ratio, -np.inf), axis=1, kind="stable")[:, :top]
+    out = []
+    for i, idx in enumerate(order):
+        parts = [f"{cols[j]} {compact_num(vals[i, j])} is {ratio[i, j]:.1f}x the normal median "
+                 f"{compact_num(typical[cols[j]])}" for j in idx if np.isfinite(ratio[i, j])]
+        out.append(("; ".join(parts) + ".") if parts else "no value can be compared with normal jobs.")
+    return out
+
+
+def nearest_pool(train: pd.DataFrame, features: Sequence[str], texts: list[str],
+                 reasons: list[str] | None = None) -> dict[str, Any]:
+    """The ``select=nearest`` pool: standardised train features, their mean/std, rendered texts and labels (and
+    chain-of-thought rationales in cot mode)."""
     x = feature_matrix(train, features)
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    return {"x": (x - mu) / sd, "mu": mu, "sd": sd, "texts": texts, "labels": train["label"].to_numpy().astype(int)}
+    pool = {"x": (x - mu) / sd, "mu": mu, "sd": sd, "texts": texts, "labels": train["label"].to_numpy().astype(int)}
+    if reasons is not None:
+        pool["reasons"] = reasons
+    return pool
 
 
 def nearest_demos(pool: dict[str, Any], jobs: pd.DataFrame, features: Sequence[str], k: int, order: str, seed: int,
-                  exclude_self: bool = False) -> list[list[tuple[str, int]]]:
-    """Per job, its ``k`` nearest pool rows as (text, label) demonstrations (``exclude_self``: skip the closest)."""
+                  exclude_self: bool = False) -> list[list[tuple]]:
+    """Per job, its ``k`` nearest pool rows as (text, label) demonstrations, (text, label, rationale) when the pool
+    has rationales (``exclude_self``: skip the closest)."""
     from sklearn.neighbors import NearestNeighbors
 
     x = (feature_matrix(jobs, features) - pool["mu"]) / pool["sd"]
@@ -100,5 +141,7 @@ def nearest_demos(pool: dict[str, Any], jobs: pd.DataFrame, features: Sequence[s
         row = list(row[1:] if exclude_self else row)[:k]
         # Nearest last, right before the query (KATE's finding); shuffled mixes them.
         row = row[::-1] if order == "fixed" else list(rng.permutation(row))
-        out.append([(pool["texts"][j], int(pool["labels"][j])) for j in row])
+        reasons = pool.get("reasons")
+        out.append([(pool["texts"][j], int(pool["labels"][j])) + ((reasons[j],) if reasons else ())
+                    for j in row])
     return out

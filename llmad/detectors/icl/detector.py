@@ -15,7 +15,8 @@ Job field values are data: they are rendered by the sandboxed job templates and 
 evaluated as template code.
 
 The pieces: ``config`` (options), ``demos`` (which demonstrations), ``prompt`` (assembly, prefix cut),
-``scoring`` (forward passes, generation, calibration), ``tuning`` (LoRA); this module holds the detector contract.
+``scoring`` (forward passes, generation, calibration), ``cot`` (chain-of-thought decoding that ends in an answer),
+``tuning`` (LoRA); this module holds the detector contract.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ import pandas as pd
 
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.detectors.icl.config import ICLConfig
-from llmad.detectors.icl.demos import (class_statistics, nearest_demos, nearest_pool, order_demonstrations,
-                                       select_demonstrations)
+from llmad.detectors.icl.cot import ChainOfThought
+from llmad.detectors.icl.demos import (class_statistics, demo_reasons, nearest_demos, nearest_pool,
+                                       order_demonstrations, select_demonstrations, typical_values)
 from llmad.detectors.icl.prompt import PromptBuilder
 from llmad.detectors.icl.scoring import LabelScorer, parse_label
 from llmad.detectors.icl.tuning import LoraTuner
@@ -41,7 +43,7 @@ DEMO_COLUMNS = ["text", "label", "job_id"]
 
 
 @dataclass
-class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
+class ICLDetector(PromptBuilder, LabelScorer, ChainOfThought, LoraTuner, Detector):
     """Detector contract over an ICL prompt; see the module docstring."""
 
     config: ICLConfig = field(default_factory=ICLConfig)
@@ -107,15 +109,20 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
         self._variants = None
         self.label_variants()  # fails early on unusable label words; counts odd tokenizations
         k = cfg.shots
+        # CoT demonstrations carry a rationale from their own values (demos.demo_reasons says why).
+        typical = typical_values(train, self.features) if cfg.mode == "cot" else None
         if cfg.select == "nearest":
             self.demos_ = train.iloc[:0]
-            self.pool_ = nearest_pool(train, self.features, self.render(train))
+            reasons = demo_reasons(train, self.features, typical) if typical is not None and k else None
+            self.pool_ = nearest_pool(train, self.features, self.render(train), reasons)
         else:
             demos = select_demonstrations(train, k, cfg.select, cfg.seed)
             demos = order_demonstrations(demos, cfg.order, cfg.seed)
             self.demos_ = pd.DataFrame({"text": self.render(demos), "label": demos["label"].astype(int).to_numpy(),
                                         "job_id": demos["job_id"].astype(str).to_numpy() if "job_id" in demos
                                         else [""] * len(demos)})
+            if typical is not None:
+                self.demos_["reason"] = demo_reasons(demos, self.features, typical)
         self.stats_ = class_statistics(train, self.features, cfg.label_words) if cfg.stats else None
         if cfg.lora_r > 0:
             self.tune(train)
@@ -149,7 +156,8 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
         return texts, None
 
     def score_details(self, items: Any, use_cache: bool | None = None, mode: str | None = None) -> pd.DataFrame:
-        """Per job: score, P(abnormal), label mass, demonstrations kept, and generated text / reasoning."""
+        """Per job: score, P(abnormal), label mass, demonstrations kept; generate: the text; cot: the rationale, the
+        answer, its source (generated | forced | none) and P(abnormal) at the answer position."""
         if self.lm_ is None:
             raise RuntimeError("ICLDetector is not fitted: call fit() first")
         mode = mode or self.config.mode
@@ -173,8 +181,19 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
                                "label_mass": mass, "demos_kept": kept_arr})
             self._count("scored", n)
             return df
+        if mode == "cot":
+            gen = self.reason(groups, n, use_cache=use_cache, progress=self.on_scored)
+            ans = self.answer(groups, gen, n, use_cache=use_cache)
+            parsed = ans["parsed"]
+            self._count("generated", n)
+            self._count("unparseable", int(np.sum(parsed < 0)))
+            # The decision is the answer (threshold 1.0, as generate mode); p_abnormal ranks the rows.
+            return pd.DataFrame({"score": np.where(parsed < 0, 0.5, parsed).astype(float), "parsed": parsed,
+                                 "answer": ans["answer"], "answer_source": ans["answer_source"],
+                                 "p_abnormal": ans["p_abnormal"], "rationale": ans["rationale"],
+                                 "demos_kept": kept_arr})
         gen = self.generate(groups, n, mode=mode, use_cache=use_cache, progress=self.on_scored)
-        parsed = [parse_label(t, self.config.label_words, cot=(mode == "cot")) if t is not None else None
+        parsed = [parse_label(t, self.config.label_words) if t is not None else None
                   for t in gen]
         unparsed = sum(p is None for p in parsed)
         self._count("generated", n)
@@ -222,7 +241,8 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
             with atomic_path(path / "pool.safetensors") as tmp:
                 save_file({"x": self.pool_["x"], "mu": self.pool_["mu"], "sd": self.pool_["sd"],
                            "labels": self.pool_["labels"].astype(np.int64)}, str(tmp))
-            write_json(path / "pool.json", {"texts": self.pool_["texts"]})
+            write_json(path / "pool.json", {"texts": self.pool_["texts"],
+                                            **({"reasons": self.pool_["reasons"]} if "reasons" in self.pool_ else {})})
             files["pool"] = "pool.safetensors"
         else:
             for stale in ("pool.safetensors", "pool.json"):
@@ -265,11 +285,11 @@ class ICLDetector(PromptBuilder, LabelScorer, LoraTuner, Detector):
         det.stats_ = state["stats"]
         det.tuning_ = state["tuning"]
         demos = state["demonstrations"] if legacy else json.loads((path / "demonstrations.json").read_text())
-        det.demos_ = pd.DataFrame(demos, columns=DEMO_COLUMNS)
+        det.demos_ = pd.DataFrame(demos, columns=DEMO_COLUMNS + (["reason"] if demos and "reason" in demos[0] else []))
         if (path / "pool.safetensors").is_file():
             from safetensors.numpy import load_file
 
             arr = load_file(str(path / "pool.safetensors"))
-            texts = state["pool_texts"] if legacy else json.loads((path / "pool.json").read_text())["texts"]
-            det.pool_ = {**arr, "texts": texts}
+            pool_json = {"texts": state["pool_texts"]} if legacy else json.loads((path / "pool.json").read_text())
+            det.pool_ = {**arr, **pool_json}
         return det

@@ -48,12 +48,25 @@ class PromptBuilder:
             text += "\n\n" + render_file("stats", kind="icl", classes=self.stats_).strip()
         return text
 
-    def demos_text(self, demos: Sequence[tuple[str, int]]) -> str:
-        """Render (text, label) demonstrations with prompts/icl/demos.j2."""
+    def demos_text(self, demos: Sequence[tuple], cot: bool = False) -> str:
+        """Render (text, label[, rationale]) demonstrations with prompts/icl/demos.j2; the rationale only in cot
+        prompts."""
         from llmad.render import render_file
 
         words = self.config.label_words
-        return render_file("demos", kind="icl", demos=[{"text": t, "label": words[int(y)]} for t, y in demos])
+        items = []
+        for d in demos:
+            reason = d[2] if cot and len(d) > 2 and isinstance(d[2], str) and d[2] else None
+            items.append({"text": d[0], "label": words[int(d[1])], "reason": reason})
+        return render_file("demos", kind="icl", demos=items)
+
+    def shared_demos(self) -> list[tuple]:
+        """The fixed demonstrations as (text, label[, rationale]) tuples."""
+        d = self.demos_
+        if d is None or len(d) == 0:
+            return []
+        cols = [d["text"], d["label"]] + ([d["reason"]] if "reason" in d else [])
+        return list(zip(*cols))
 
     def frame(self, shared_demos: Sequence[tuple[str, int]] | None, per_query_demos: bool = False,
               mode: str | None = None) -> PromptFrame:
@@ -68,7 +81,7 @@ class PromptBuilder:
         if per_query_demos:
             user = d_sent + query_block
         else:
-            user = (self.demos_text(shared_demos or [])) + query_block
+            user = (self.demos_text(shared_demos or [], cot=cot)) + query_block
         system = self._system_text(cot)
         cue = "Reasoning:" if cot else "Answer:"
         tok = self.lm_.tokenizer
@@ -106,7 +119,11 @@ class PromptBuilder:
         if mode == "score":
             extra = max((len(v) for _, v in self.label_variants()), default=1)
         else:
-            extra = self.config.cot_max_new_tokens if mode == "cot" else self.config.max_new_tokens
+            extra = self.config.max_new_tokens
+            if mode == "cot":  # room for the forced answer step too: "\nAnswer:" (cot.FORCED_CUE) + a label word
+                cue = len(self.lm_.tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"])
+                extra = self.config.cot_max_new_tokens + cue + max((len(v) for _, v in self.label_variants()),
+                                                                   default=1)
         return window - extra
 
     def prepare(self, texts: Sequence[str], mode: str | None = None,
@@ -118,7 +135,7 @@ class PromptBuilder:
         mode = mode or self.config.mode
         budget = self._budget(mode)
         per_query = own_demos is not None
-        shared = [] if per_query else list(zip(self.demos_["text"], self.demos_["label"]))
+        shared = [] if per_query else self.shared_demos()
         groups: dict[int, PromptGroup] = {}
         kept = []
         for i, q in enumerate(texts):
@@ -127,7 +144,8 @@ class PromptBuilder:
             for k in range(len(demos_i), -1, -1):
                 key = ("own", mode) if per_query else ("shared", mode, k)
                 prefix_ids, fr = self._prefix(key, shared[:k] if not per_query else None, per_query, mode)
-                body = (self.demos_text(demos_i[:k]) + fr.middle if per_query else "") + q + fr.suffix
+                own_text = self.demos_text(demos_i[:k], cot=mode == "cot") + fr.middle if per_query else ""
+                body = own_text + q + fr.suffix
                 seq = self._encode(body, first=False)
                 if len(prefix_ids) + len(seq) <= budget:
                     chosen = (k, key, prefix_ids, seq, fr.prefix, body)

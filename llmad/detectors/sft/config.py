@@ -34,6 +34,10 @@ class SFTConfig:
     prefix_augment: bool = option(False, "also train on partial jobs (later fields NaN, as llmad.data.reveal "
                                          "reveals them to a stream)", flag="--prefix-augment/--no-prefix-augment")
     prefix_copies: int = option(1, "partial copies per training job", cli=False)
+    debias_augment: float = option(0.0, "extra content-free training sentences (empty, all-missing job, prefixes "
+                                        "of it) as a share of the training rows, half labelled normal, half "
+                                        "abnormal: pulls P(abnormal) - P(normal) on no evidence toward 0 "
+                                        "(llmad.detectors.sft.debias)", cli=False)
     group_by_length: bool = option(True, "batch jobs of similar token length together", cli=False)
     early_stopping_patience: int = option(2, "evaluations without improvement; 0 disables early stopping",
                                           flag="--patience")

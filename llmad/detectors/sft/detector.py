@@ -14,7 +14,8 @@ Everything is seeded, checkpointed during training (``resume=True`` continues af
 with a JSON config so that ``SFTDetector.load(dir).score(jobs)`` gives exactly the scores of the fitted object.
 
 The pieces: ``config`` (SFTConfig), ``model`` (load, freeze, LoRA, model folders), ``batching`` (token ids, padded
-batches, softmax), ``training`` (Trainer arguments, loss, checkpoints), ``fast`` (faster scoring backends).
+batches, softmax), ``training`` (Trainer arguments, loss, checkpoints), ``debias`` (the paper's bias measure on
+content-free inputs and the ``debias_augment`` rows), ``fast`` (faster scoring backends).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import pandas as pd
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.detectors.sft.batching import EncodedDataset, encode, encode_auto, mean_pooled, score_ids
 from llmad.detectors.sft.config import FREEZE_HELP, SFTConfig, parse_freeze
+from llmad.detectors.sft.debias import bias_record, content_free_texts, debias_rows, score_with
 from llmad.detectors.sft.model import (LABEL_NAMES, apply_freeze, is_sft_dir, load_model_dir, prepare_model,
                                        save_model_dir, unwrap_trained)
 from llmad.detectors.sft.training import (check_config, is_main_process, latest_checkpoint, train_model,
@@ -109,12 +111,19 @@ class SFTDetector(Detector):
         self.features_ = train.attrs.get("features")
         tr, self.prefix_kind_ = training_rows(train, cfg)
         t0 = time.perf_counter()
+        free = content_free_texts(self.render, train)
+        extra_texts, extra_labels = debias_rows(free, len(tr), cfg.debias_augment, cfg.seed)
+        texts = self.render(tr) + extra_texts
+        labels = np.concatenate([tr["label"].to_numpy().astype(int), np.asarray(extra_labels, dtype=int)])
         if cfg.max_length is None:
-            train_ids, budget = self.encode_auto(self.render(tr))
+            train_ids, budget = self.encode_auto(texts)
             self.config = cfg = replace(cfg, max_length=budget)
         else:
-            train_ids = self.encode(self.render(tr))
-        train_ds = EncodedDataset(train_ids, tr["label"].to_numpy())
+            train_ids = self.encode(texts)
+        # The paper's bias measure before training: the pretrained encoder with its fresh head.
+        before = score_with(model, self.tokenizer_, list(free.values()), cfg.max_length, cfg.eval_batch_size)
+        self.bias_ = bias_record(free, before, None)
+        train_ds = EncodedDataset(train_ids, labels)
         validation = validation_rows(validation, cfg)
         val_ds = None
         if validation is not None and len(validation) and cfg.eval_during_training:
@@ -123,7 +132,7 @@ class SFTDetector(Detector):
 
         out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="llmad-sft-"))
         run = train_model(model, self.tokenizer_, cfg, train_ds, val_ds, out / "checkpoints", device, mp, resume,
-                          printer, tr["label"].to_numpy())
+                          printer, labels)
         self.paused_ = run.paused
         if output_dir is None and not self.paused_:
             shutil.rmtree(out, ignore_errors=True)  # our own temp checkpoints: nothing to resume from
@@ -148,9 +157,11 @@ class SFTDetector(Detector):
             "device": device, "mixed_precision": mp, "class_weights": run.class_weights,
             "world_size": run.world_size, **freeze_info,
             "resumed_from": run.resumed_from, "paused": self.paused_, "prefix_augment": self.prefix_kind_,
+            "debias_rows": len(extra_texts),
         }
         if self.paused_:
             return self
+        self.bias_ = bias_record(free, before, self.score_texts(list(free.values())))
         if cfg.threshold_objective == "argmax":
             self.threshold_ = 0.5
         elif validation is not None and len(validation) and is_main_process():
@@ -229,6 +240,7 @@ class SFTDetector(Detector):
                     "eval_batch_size": self.config.eval_batch_size, "base_model": self.config.model,
                     "lora": self.config.lora, "label_names": list(LABEL_NAMES),
                     "config": asdict(self.config), "features": getattr(self, "features_", None),
+                    "bias": getattr(self, "bias_", None),
                     "train_info": {k: v for k, v in getattr(self, "train_info_", {}).items() if k != "log_history"}}
             write_detector_json(tmp, self.kind, meta)
 
@@ -254,6 +266,7 @@ class SFTDetector(Detector):
         det.features_ = meta.get("features")
         det.adapter_ = None
         det.train_info_ = meta.get("train_info", {})
+        det.bias_ = meta.get("bias")
         det.paused_ = False
         return det.quantized() if quantize else det
 

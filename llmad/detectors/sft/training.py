@@ -41,6 +41,8 @@ def check_config(cfg: SFTConfig) -> None:
     if cfg.threshold_objective not in THRESHOLD_OBJECTIVES:
         raise LlmadError(f"threshold objective {cfg.threshold_objective!r}: expected f1|accuracy|youden|argmax")
     parse_freeze(cfg.freeze)
+    if not 0 <= cfg.debias_augment <= 1:
+        raise LlmadError(f"debias_augment {cfg.debias_augment!r}: expected a share of the training rows in [0, 1]")
 
 
 def training_rows(train: pd.DataFrame, cfg: SFTConfig) -> tuple[pd.DataFrame, str | None]:

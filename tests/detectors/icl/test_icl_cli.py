@@ -54,7 +54,9 @@ def test_icl_generate_and_cot(tmp_path, capsys):
     lines = (tmp_path / "cot" / "reasoning.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all("reasoning" in json.loads(x) for x in lines)
     pred = pd.read_csv(tmp_path / "cot" / "predictions.csv")
-    assert "generation" in pred.columns
+    assert {"rationale", "answer", "answer_source", "p_abnormal"} <= set(pred.columns)
+    m = json.loads((tmp_path / "cot" / "metrics.json").read_text())
+    assert m["parse_rate"] == 1.0 and m["explicit_answer_rate"] + m["forced_answer_rate"] == 1.0  # every row answers
 
 
 @pytest.mark.integration

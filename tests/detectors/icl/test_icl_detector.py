@@ -216,8 +216,10 @@ def test_cot_keeps_reasoning_and_cache_equals_naive(smol_tokenizer):
     q = make_jobs(2, seed=12)
     a = det.score_details(q, use_cache=True)
     b = det.score_details(q, use_cache=False)
-    assert a["generation"].tolist() == b["generation"].tolist()
-    assert all(isinstance(g, str) for g in a["generation"])
+    assert a["rationale"].tolist() == b["rationale"].tolist()
+    assert all(isinstance(g, str) for g in a["rationale"])
+    np.testing.assert_allclose(a["p_abnormal"], b["p_abnormal"], atol=1e-4)
+    assert a["parsed"].isin([0, 1]).all()  # every row answers (written or forced)
     fr = det.frame([], mode="cot")
     assert fr.suffix.endswith("Reasoning:") and "step by step" in fr.prefix
 
