@@ -45,7 +45,8 @@ PAUSED_EXIT = 3
 LLMAD_RECIPE = SFTConfig()
 PAPER_RECIPE = SFTConfig(template="paper", max_length=512, epochs=3, lr=5e-5, batch_size=8, eval_batch_size=8,
                          weight_decay=0.0, warmup_ratio=0.0, freeze="none", group_by_length=False,
-                         early_stopping_patience=0, eval_during_training=False, threshold_objective="argmax")
+                         early_stopping_patience=0, eval_during_training=False, threshold_objective="argmax",
+                         class_weight="none")
 
 
 def cpu_seconds() -> float:

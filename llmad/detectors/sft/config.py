@@ -50,7 +50,8 @@ class SFTConfig:
     max_time_s: float | None = option(None, "pause after this many seconds with a checkpoint; continue with resume",
                                       flag="--max-time")
     precision: str = option("auto", "auto (CUDA bf16/fp16, CPU fp32) | fp32 | bf16 (also CPU autocast) | fp16 (CUDA)")
-    class_weight: str = option("none", "none | balanced (cross-entropy weighted by inverse class frequency of train)")
+    class_weight: str = option("balanced", "balanced (cross-entropy weighted by inverse class frequency of train; the "
+                                           "default since the sweep in bench/results/sft.md) | none")
     train_limit: int | None = option(None, "seeded subsample of train rows (stated in outputs)")
     val_limit: int | None = option(None, "seeded subsample of validation rows for early stopping and the threshold "
                                          "(quick CPU runs; stated in outputs)")
