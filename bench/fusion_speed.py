@@ -56,7 +56,7 @@ def main() -> None:
             for k, v in times.items()}
     ratio = rows["stack (LM + tree)"]["jobs_per_s"] / rows["text-only LM"]["jobs_per_s"]
     doc = {"model": a.model, "workflow": a.workflow, "jobs": len(jobs), "reps": a.reps,
-           "tree": getattr(det, "tree_kind_", None), "torch_threads": torch.get_num_threads(),
+           "tree": getattr(det, "tree_name_", None), "torch_threads": torch.get_num_threads(),
            "load_average_start": load0, "load_average_end": os.getloadavg(), "rows": rows,
            "stack_over_text_speed_ratio": ratio,
            "provenance": {k: v for k, v in provenance().items() if k != "versions"}}

@@ -46,7 +46,7 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
         "validation": classification_report(validation["label"], val_scores, threshold=thr),
         "sizes": split.sizes(), "split_info": {k: v for k, v in split.info.items() if "examples" not in k},
         "fusion": {"kind": "stack", "folds": det.folds_, "cross_fit_lm_train_roc_auc": det.train_info_["cross_fit_auc"],
-                   "tree": det.tree_kind_, "tree_validation": det.train_info_["tree_validation"],
+                   "tree": det.tree_name_, "tree_validation": det.train_info_["tree_validation"],
                    "features": det.input_columns(),
                    # The full-train LM alone at its own validation threshold: what the stack adds to the text model.
                    "lm_only_test": classification_report(test["label"], parts["lm"],
@@ -58,7 +58,7 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
         "peak_rss_mb": peak_rss_mb(), "wall_s": time.perf_counter() - t0,
     }
     t = metrics["test"]
-    summary = (f"fusion stack [{cfg.sft.model}, {cfg.sft.template}, {det.tree_kind_}] on {cfg.data.spec} "
+    summary = (f"fusion stack [{cfg.sft.model}, {cfg.sft.template}, {det.tree_name_}] on {cfg.data.spec} "
                f"({split.kind} split): test "
                f"accuracy {t['accuracy']:.4f} F1 {t['f1']:.4f} ROC-AUC {t.get('roc_auc', float('nan')):.4f} "
                f"(threshold {thr:.3f}); {metrics['inference_jobs_per_s']:.0f} jobs/s scoring; outputs in {out}")

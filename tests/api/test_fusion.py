@@ -63,8 +63,11 @@ def test_stack_cross_fits_by_run_and_reopens(tmp_path, monkeypatch):
         assert {r for r, _ in h}.isdisjoint({r for r, _ in trained[i]}), "a run was split across folds"
     assert set().union(*held) == _keys(train) and not scored.get(id(det.lm_), set())
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert m["method"] == "fusion-stack" and len(m["fusion"]["folds"]) == 3 and "ctx_runtime_rel" in m["fusion"][
-        "features"]
+    assert m["method"] == "fusion-stack" and len(m["fusion"]["folds"]) == 3
+    # auto: rf and hgb, each on plain and on context features, the best on validation kept (and named)
+    assert set(m["fusion"]["tree_validation"]) == {"rf-plain", "rf-context", "hgb-plain", "hgb-context"}
+    assert m["fusion"]["tree"] == max(m["fusion"]["tree_validation"], key=m["fusion"]["tree_validation"].get)
+    assert ("ctx_runtime_rel" in m["fusion"]["features"]) == m["fusion"]["tree"].endswith("context")
     assert res.summary.startswith("fusion stack") and not (tmp_path / "run" / "checkpoints").exists()
     again = llmad.detectors.load(tmp_path / "run")
     monkeypatch.setattr(SFTDetector, "score", score)

@@ -68,7 +68,7 @@ def test_ci_tiny_recipe_end_to_end_on_real_data(real_data_dir, tmp_path):
     assert set(table["kind"]) == {"baseline", "sft", "fusion", "icl", "replay"}
     runs = {json.loads((d / "run.json").read_text())["method"]: d for d in (out / "runs").iterdir()}
     stack = json.loads((runs["stack-minilm"] / "metrics.json").read_text())
-    assert stack["tree"] in ("rf", "hgb") and 0 <= stack["lm_only_f1"] <= 1
+    assert stack["tree"] in ("rf-plain", "rf-context", "hgb-plain", "hgb-context") and 0 <= stack["lm_only_f1"] <= 1
     assert (runs["stack-minilm"] / "fusion" / "model" / "lm" / "detector.json").is_file()
     assert set(table.loc[table["kind"] == "replay", "method"]) == {"replay-sft", "replay-stack"}
     assert table["f1_mean"].between(0, 1).all() and table["n_test"].gt(0).all()

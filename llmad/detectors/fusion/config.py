@@ -9,6 +9,7 @@ from llmad.detectors.sft.config import SFTConfig
 
 FUSION_KINDS = ("none", "stack")
 TREES = ("auto", "rf", "hgb")
+FEATURE_SETS = ("auto", "plain", "context")
 
 
 @dataclass
@@ -18,6 +19,8 @@ class StackConfig:
     folds: int = option(3, "cross-fitting folds, by run (K LMs on K-1 folds each, plus one on all train rows)")
     tree: str = option("auto", "rf | hgb | auto (fit both, keep the better on validation); built as the baselines")
     n_estimators: int = option(300, "trees (rf) or boosting iterations (hgb), as the baselines")
+    features: str = option("auto", "plain | context (+ peer-context) | auto (both tried with each tree, the best on "
+                                   "validation kept): the numbers beside the LM score")
 
 
 @dataclass
@@ -30,4 +33,4 @@ class FusionConfig:
     seed: int = option(0, "seed of the LMs, the folds and the tree")
 
 
-__all__ = ["StackConfig", "FusionConfig", "FUSION_KINDS", "TREES"]
+__all__ = ["StackConfig", "FusionConfig", "FUSION_KINDS", "TREES", "FEATURE_SETS"]

@@ -25,7 +25,7 @@ import pandas as pd
 
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.detectors.baselines import feature_columns, fit_tree, make_estimator, tree_inputs
-from llmad.detectors.fusion.config import TREES, StackConfig
+from llmad.detectors.fusion.config import FEATURE_SETS, TREES, StackConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.errors import LlmadError
 
@@ -36,24 +36,33 @@ class StackDetector(Detector):
     name = "fusion-stack"
 
     def __init__(self, sft: SFTConfig | None = None, folds: int = 3, seed: int = 0, tree: str = "auto",
-                 n_estimators: int = 300):
+                 n_estimators: int = 300, features: str = "auto"):
         self.sft = sft if sft is not None else SFTConfig()
         self.folds, self.seed, self.tree, self.n_estimators = folds, seed, tree, n_estimators
+        self.features = features
         self.name = f"stack-{Path(str(self.sft.model)).name}-{Path(self.sft.template).stem}"
 
     @classmethod
     def from_config(cls, stack: StackConfig, sft: SFTConfig, seed: int = 0) -> "StackDetector":
         """Build from a ``StackConfig`` and the LM's ``SFTConfig``."""
-        return cls(sft, folds=stack.folds, seed=seed, tree=stack.tree, n_estimators=stack.n_estimators)
+        return cls(sft, folds=stack.folds, seed=seed, tree=stack.tree, n_estimators=stack.n_estimators,
+                   features=stack.features)
 
     # ------------------------------------------------------------------ inputs
-    def _x(self, items: pd.DataFrame, lm_scores: np.ndarray) -> np.ndarray:
-        x = tree_inputs(items, "context", causal=self.sft.causal, base=getattr(self, "features_", None))
+    def _x(self, items: pd.DataFrame, lm_scores: np.ndarray, feature_set: str | None = None) -> np.ndarray:
+        x = tree_inputs(items, feature_set or self.feature_set_, causal=self.sft.causal,
+                        base=getattr(self, "features_", None))
         return np.column_stack([x, np.asarray(lm_scores, dtype=float)])
+
+    @property
+    def tree_name_(self) -> str:
+        """The kept tree and its numbers, e.g. ``rf-context``."""
+        return f"{self.tree_kind_}-{self.feature_set_}"
 
     def input_columns(self) -> list[str]:
         """Columns the score depends on (the tree's features and the LM template's), for replays and predict."""
-        cols = feature_columns("context", getattr(self, "features_", None)) + ["transformation"]
+        feature_set = getattr(self, "feature_set_", None) or ("plain" if self.features == "plain" else "context")
+        cols = feature_columns(feature_set, getattr(self, "features_", None)) + ["transformation"]
         lm = getattr(self, "lm_", None)
         lm_cols = lm.input_columns() if lm is not None else None
         return list(dict.fromkeys(cols + list(lm_cols or [])))
@@ -95,34 +104,39 @@ class StackDetector(Detector):
         self._check_not_paused(self.lm_)
         if output_dir is None:
             shutil.rmtree(out, ignore_errors=True)
-        x_train = self._x(train, oof)
         val = validation_rows(validation, cfg)
-        x_val, y_val = None, None
+        lm_val, y_val = None, None
         if val is not None and len(val):
             lm_val = getattr(self.lm_, "validation_scores_", None)  # validation scored once: the LM's own pass
             if lm_val is None or len(lm_val) != len(val):
                 lm_val = self.lm_.score(val)
-            x_val, y_val = self._x(val, lm_val), val["label"].to_numpy().astype(int)
-        if self.tree not in TREES:
-            raise LlmadError(f"fusion stack: tree {self.tree!r}: expected one of {', '.join(TREES)}")
-        # Without validation rows there is nothing to choose on: auto falls back to hgb.
-        kinds = ["rf", "hgb"] if self.tree == "auto" and x_val is not None else \
-            ["hgb" if self.tree == "auto" else self.tree]
+            y_val = val["label"].to_numpy().astype(int)
+        if self.tree not in TREES or self.features not in FEATURE_SETS:
+            raise LlmadError(f"fusion stack: tree {self.tree!r} / features {self.features!r}: expected one of "
+                             f"{', '.join(TREES)} / {', '.join(FEATURE_SETS)}")
+        # Without validation rows there is nothing to choose on: auto falls back to hgb on context features.
+        chooses = y_val is not None
+        kinds = ["rf", "hgb"] if self.tree == "auto" and chooses else ["hgb" if self.tree == "auto" else self.tree]
+        sets = ["plain", "context"] if self.features == "auto" and chooses else \
+            ["context" if self.features == "auto" else self.features]
         objective = cfg.threshold_objective if cfg.threshold_objective != "argmax" else "f1"
         tried = {}
-        for kind in kinds:
-            est = fit_tree(make_estimator(kind, n_estimators=self.n_estimators, seed=self.seed), x_train, y)
-            if x_val is None:
-                tried[kind] = (est, None, float("nan"))
-                continue
-            s_val = est.predict_proba(x_val)[:, 1]
-            thr = choose_threshold(y_val, s_val, objective)
-            tried[kind] = (est, s_val, objective_value(y_val, s_val, thr, objective))
-        self.tree_kind_ = max(tried, key=lambda k: np.nan_to_num(tried[k][2], nan=-1.0))
-        self.tree_, val_scores, _ = tried[self.tree_kind_]
+        for feature_set in sets:
+            x_train = self._x(train, oof, feature_set)
+            x_val = self._x(val, lm_val, feature_set) if chooses else None
+            for kind in kinds:
+                est = fit_tree(make_estimator(kind, n_estimators=self.n_estimators, seed=self.seed), x_train, y)
+                if not chooses:
+                    tried[(kind, feature_set)] = (est, None, float("nan"))
+                    continue
+                s_val = est.predict_proba(x_val)[:, 1]
+                thr = choose_threshold(y_val, s_val, objective)
+                tried[(kind, feature_set)] = (est, s_val, objective_value(y_val, s_val, thr, objective))
+        best = max(tried, key=lambda k: np.nan_to_num(tried[k][2], nan=-1.0))  # ties: the first tried
+        (self.tree_kind_, self.feature_set_), (self.tree_, val_scores, _) = best, tried[best]
         self.train_info_ = {"folds": self.folds_, "cross_fit_auc": _auc(y, oof), "lm": self.lm_.train_info_,
-                            "tree": self.tree_kind_,
-                            "tree_validation": {k: v[2] for k, v in tried.items()}, "objective": objective}
+                            "tree": self.tree_name_, "objective": objective,
+                            "tree_validation": {f"{k}-{f}": v[2] for (k, f), v in tried.items()}}
         if val_scores is None or cfg.threshold_objective == "argmax":
             self.threshold_ = 0.5
             return self
@@ -169,7 +183,8 @@ class StackDetector(Detector):
                 pickle.dump(self.tree_, fh)
             write_detector_json(tmp, self.kind, {
                 "sft": asdict(self.sft), "folds": self.folds, "seed": self.seed, "tree": self.tree,
-                "n_estimators": self.n_estimators, "tree_kind": self.tree_kind_, "threshold": self.threshold_,
+                "n_estimators": self.n_estimators, "features_choice": self.features, "tree_kind": self.tree_kind_,
+                "feature_set": self.feature_set_, "threshold": self.threshold_,
                 "features": getattr(self, "features_", None),
                 "train_info": {k: v for k, v in getattr(self, "train_info_", {}).items() if k != "lm"}})
 
@@ -185,8 +200,9 @@ class StackDetector(Detector):
             raise LlmadError(f"{p}: detector.json is of kind {meta.get('kind')!r}, not {cls.kind}")
         sft = from_dict(SFTConfig, meta["sft"], where=str(p / "detector.json"))
         det = cls(sft=sft, folds=meta["folds"], seed=meta["seed"], tree=meta.get("tree", "hgb"),
-                  n_estimators=meta.get("n_estimators", meta.get("max_iter", 300)))
-        det.tree_kind_ = meta.get("tree_kind", "hgb")
+                  n_estimators=meta.get("n_estimators", meta.get("max_iter", 300)),
+                  features=meta.get("features_choice", "context"))
+        det.tree_kind_, det.feature_set_ = meta.get("tree_kind", "hgb"), meta.get("feature_set", "context")
         det.lm_ = SFTDetector.load(p / "lm", device=device)
         with open(p / "tree.pkl", "rb") as fh:
             det.tree_ = pickle.load(fh)
