@@ -17,7 +17,6 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
 
     ``cfg`` is the ``llmad.api.sft.SFTRunConfig`` of the run."""
     from llmad.detectors.fusion.stack import StackDetector
-    from llmad.detectors.sft.training import validation_rows
     from llmad.metrics.classification import classification_report, timed_scoring
     from llmad.rundir import peak_rss_mb
 
@@ -35,7 +34,7 @@ def run_stack(cfg: Any, out: Path, split: Split, hooks: RunHooks) -> RunResult:
         return final
 
     test_scores, ms = timed_scoring(score, test)
-    validation = validation_rows(split.validation, cfg.sft)
+    validation = split.validation  # the stack chose its tree and threshold on every validation row
     val_scores = getattr(det, "validation_scores_", None)
     if val_scores is None:
         val_scores = det.score(validation)

@@ -92,3 +92,17 @@ def test_unknown_fusion_is_a_one_line_error(tmp_path):
     cfg = SFTRunConfig(data=DataConfig(spec="flowbench:not-loaded"), out=str(tmp_path / "x"), fusion="concat")
     with pytest.raises(LlmadError, match="--fusion 'concat'"):
         run_sft(cfg)
+
+
+def test_stack_chooses_and_thresholds_on_every_validation_row(tmp_path):
+    """``val_limit`` shortens the LMs' evaluation passes only: the tree's choice and threshold read all validation
+    rows, and the full LM's scores reused from its own evaluation sit on the right rows."""
+    from llmad.detectors.fusion.stack import StackDetector
+
+    tiny = str(make_tiny_bert(tmp_path / "tiny"))
+    train = synthetic_jobs(120, 0, jobs_per_run=20)
+    val = synthetic_jobs(60, 1).assign(run_id=lambda d: "v" + d["run_id"])
+    det = StackDetector(_sft(tiny, val_limit=25), folds=2, tree="hgb", n_estimators=30)
+    det.fit(train, val, printer=lambda _: None)
+    assert len(det.validation_scores_) == len(val) and len(det.lm_.validation_scores_) == 25
+    np.testing.assert_allclose(det.validation_scores_, det.score(val), atol=1e-4)

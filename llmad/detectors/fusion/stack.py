@@ -104,12 +104,19 @@ class StackDetector(Detector):
         self._check_not_paused(self.lm_)
         if output_dir is None:
             shutil.rmtree(out, ignore_errors=True)
-        val = validation_rows(validation, cfg)
+        # The tree's choice and threshold read every validation row (as the trees' do); ``val_limit`` only
+        # shortens the LMs' own evaluation passes, which the full LM's scores are reused from.
+        val = validation.reset_index(drop=True) if validation is not None else None
         lm_val, y_val = None, None
         if val is not None and len(val):
-            lm_val = getattr(self.lm_, "validation_scores_", None)  # validation scored once: the LM's own pass
-            if lm_val is None or len(lm_val) != len(val):
-                lm_val = self.lm_.score(val)
+            lm_val = np.full(len(val), np.nan)
+            sub = validation_rows(val.assign(_row=np.arange(len(val))), cfg)  # the rows the LM evaluated on
+            seen = getattr(self.lm_, "validation_scores_", None)
+            if seen is not None and len(seen) == len(sub):
+                lm_val[sub["_row"].to_numpy()] = seen
+            todo = np.flatnonzero(np.isnan(lm_val))
+            if len(todo):
+                lm_val[todo] = self.lm_.score(val.iloc[todo])
             y_val = val["label"].to_numpy().astype(int)
         if self.tree not in TREES or self.features not in FEATURE_SETS:
             raise LlmadError(f"fusion stack: tree {self.tree!r} / features {self.features!r}: expected one of "
