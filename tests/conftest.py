@@ -76,6 +76,17 @@ def genome_jobs(real_data_dir):
     return load_jobs("flowbench:1000genome", real_data_dir)
 
 
+def tiny_sft_config(model: str, **kw):
+    """An ``SFTConfig`` for the tiny BERT: short sentences, a high lr, no early stopping, quiet (``kw`` wins)."""
+    from llmad.detectors.sft.config import SFTConfig
+
+    base = dict(model=model, template="compact", max_length=48, epochs=6, lr=2e-3, batch_size=16,
+                eval_batch_size=64, freeze="none", early_stopping_patience=0, progress=False, logging_steps=1000,
+                seed=0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
 def make_tiny_bert(path: Path, layers: int = 2) -> Path:
     """A randomly initialised small BERT with MiniLM's WordPiece tokenizer, saved as safetensors."""
     import torch

@@ -56,7 +56,7 @@ def test_a_diverged_run_is_named_recorded_and_retrained_once(tmp_path, tiny_mode
     assert col["detected"] and col["retried"] and col["reason"]
     assert sum("collapsed" in m for m in named) == 1 and "retrying once" in named[0]
     first, second = col["attempts"]
-    assert first["attempt"] == 1 and first["collapsed"] and first["lr"] == 1.0 and first["class_weight"] == "none"
+    assert first["attempt"] == 1 and first["collapsed"] and first["lr"] == 1.0 and first["class_weight"] == "balanced"
     assert second["attempt"] == 2 and second["lr"] == FALLBACK_LR and second["class_weight"] == "balanced"
     kept = res.details["detector"]
     assert col["used_attempt"] in (1, 2) and kept.config.lr == col["attempts"][col["used_attempt"] - 1]["lr"]

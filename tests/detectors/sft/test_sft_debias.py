@@ -12,7 +12,7 @@ from llmad.detectors.sft.detector import SFTDetector
 from llmad.errors import LlmadError
 from llmad.render import render_jobs
 
-from conftest import make_tiny_bert, synthetic_jobs
+from conftest import make_tiny_bert, synthetic_jobs, tiny_sft_config
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,8 @@ def tiny(tmp_path_factory) -> str:
 
 
 def cfg(model: str, **kw) -> SFTConfig:
-    base = dict(model=model, template="compact", max_length=48, epochs=3, lr=3e-3, batch_size=16,
-                eval_batch_size=64, freeze="none", early_stopping_patience=0, progress=False, logging_steps=1000,
-                seed=0)
-    base.update(kw)
-    return SFTConfig(**base)
+    # Unweighted loss (the paper's): the gap then mirrors the train prior, which is what augmentation must undo.
+    return tiny_sft_config(model, **{"epochs": 3, "lr": 3e-3, "class_weight": "none", **kw})
 
 
 @pytest.mark.parametrize("template", ["paper", "compact", "context"])

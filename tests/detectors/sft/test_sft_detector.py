@@ -17,7 +17,7 @@ from llmad.detectors.sft.model import apply_freeze
 from llmad.detectors.sft.training import latest_checkpoint
 from llmad.errors import LlmadError
 
-from conftest import make_tiny_bert, synthetic_jobs
+from conftest import make_tiny_bert, synthetic_jobs, tiny_sft_config
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,7 @@ def tiny(tmp_path_factory) -> str:
 
 
 def quick_cfg(model: str, **kw) -> SFTConfig:
-    base = dict(model=model, template="compact", max_length=48, epochs=6, lr=2e-3, batch_size=16,
-                eval_batch_size=64, freeze="none", early_stopping_patience=0, progress=False, logging_steps=1000,
-                seed=0)
-    base.update(kw)
-    return SFTConfig(**base)
+    return tiny_sft_config(model, **kw)
 
 
 @pytest.fixture(scope="module")
