@@ -345,6 +345,31 @@ def _f(v, nd=3):
     return "" if v is None or (isinstance(v, float) and v != v) else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _stack_note(res: dict) -> list[str]:
+    """The fused stack beside rf-context on the same 20 test runs (issue 17, item 6), from the records."""
+    def rec(name, mode):
+        return res.get(f"detect/1000genome/{name}/thr-{mode}/20runs")
+
+    if not rec("stack-minilm-n1000", "model"):
+        return []
+    out = ["## The fused stack in a stream (1000genome, the same 20 test runs)", "",
+           "The stack of `bench/lm_vs_trees.py` (seed 0: a tree over features + a cross-fitted MiniLM score, 1,000 "
+           "train jobs) replayed with `detect-model`, beside rf-context trained on the same 1,000 jobs and the "
+           "rf-context of the table above (all jobs of 80 train runs). Before exec end = anomalous jobs alerted "
+           "strictly before their execution ends.", "",
+           "| detector | threshold | before exec end | caught | false alerts / run | alert precision | events/s |",
+           "|---|---|---|---|---|---|---|"]
+    for name in ("stack-minilm-n1000", "rf-context-n1000", "rf-context"):
+        for mode in ("model", "validation"):
+            r = rec(name, mode)
+            if r:
+                m = r["metrics"]
+                out.append(f"| {name} | {mode} | {_f(m['caught_before_execute_end_share'])} | "
+                           f"{_f(m['caught_share'])} | {_f(m['false_alerts_per_run'], 2)} | "
+                           f"{_f(m['alert_precision'])} | {_f(r['throughput'].get('events_per_s'), 0)} |")
+    return out + [""]
+
+
 def cmd_report(a) -> None:
     res = load_results()
     rows = []
@@ -465,6 +490,7 @@ def cmd_report(a) -> None:
                          f"{r['batch_size']}" + (f", {r['epochs']:g} epochs" if r.get("epochs") else "") +
                          f", threshold {r['threshold']:.3f} (validation, complete jobs). {r['note']}")
         lines.append("")
+    lines += _stack_note(res)
     lines += ["## Notes", "",
               "- Throughput (acceptance 2). What changed since the first measurement (torch fp32, 215 events/s at "
               "load 2.9): (1) SFT scoring goes through `llmad.detectors.sft.fast` (`--backend auto`): bf16 autocast, "
