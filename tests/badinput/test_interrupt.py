@@ -90,8 +90,9 @@ def test_sigint_during_sft_then_resume_over_a_damaged_checkpoint(tmp_path):
                                                                               index=False)
     model = make_tiny_bert(tmp_path / "tiny")
     out = tmp_path / "run"
+    # --patience 0: no early stopping, so the run is still training when the signal comes (and ends at step 40)
     args = ["sft", "--model", model, "--data", f"flowbench:{data}", "--max-steps", "40", "--eval-steps", "2",
-            "--batch-size", "8", "--out", out, "-q"]
+            "--patience", "0", "--batch-size", "8", "--out", out, "-q"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "llmad", *map(str, args)], cwd=ROOT, env=env,
