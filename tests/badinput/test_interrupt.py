@@ -95,8 +95,11 @@ def test_sigint_during_sft_then_resume_over_a_damaged_checkpoint(tmp_path):
             "--patience", "0", "--batch-size", "8", "--out", out, "-q"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # SIGINT back to its default in the child: a background job (`pytest ... &`) inherits it ignored, and Python
+    # then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "llmad", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while len(_latest_steps(out / "checkpoints")) < 2:

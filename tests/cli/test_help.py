@@ -58,7 +58,10 @@ def test_version(flag):
     assert res.out.strip() == f"llmad {version('llmad')}"
 
 
-def test_show_completion_prints_a_script(capsys):
+def test_show_completion_prints_a_script(capsys, monkeypatch):
+    # The shell is named on the command line; without this typer also sniffs the parent process for one, which
+    # fails where no shell started the tests (nohup, some CI runners).
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     with pytest.raises(SystemExit) as e:
         main(["--show-completion", "bash"])
     assert e.value.code == 0

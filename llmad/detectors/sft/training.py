@@ -17,7 +17,7 @@ import pandas as pd
 
 from llmad.detectors.sft.batching import EncodedDataset, collator, softmax1
 from llmad.detectors.sft.config import SFTConfig
-from llmad.errors import LlmadError
+from llmad.errors import LlmadError, warn
 
 THRESHOLD_OBJECTIVES = ("f1", "accuracy", "youden", "argmax")
 
@@ -172,7 +172,10 @@ def class_weighted_loss(labels: np.ndarray):
     y = np.asarray(labels).astype(int)
     counts = np.bincount(y, minlength=2)
     if (counts == 0).any():
-        raise LlmadError("class_weight balanced needs both labels in the training rows")
+        # Balanced is the default, so a one-label train part (e.g. normal jobs only) must still train as before.
+        warn("single-class-train", f"the training rows hold only label {int(np.argmax(counts))}: class_weight "
+                                   f"balanced needs both, so the loss is unweighted")
+        return None, None
     w = (len(y) / (2.0 * counts)).tolist()
     weight = torch.tensor(w, dtype=torch.float32)
 
