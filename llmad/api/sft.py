@@ -20,7 +20,7 @@ from llmad.api.result import RunResult, finish_trained_run
 from llmad.config import DataConfig, option
 from llmad.data.specs import spec_name
 from llmad.data.splits import Split
-from llmad.detectors.fusion.config import FUSION_KINDS, TREES, StackConfig
+from llmad.detectors.fusion.config import FUSION_KINDS, StackConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.detectors.sft.detector import SFTDetector
 from llmad.detectors.sft.training import is_main_process, resume_checkpoint, validation_rows
@@ -94,10 +94,10 @@ def run_sft(cfg: SFTRunConfig, *, split: Split | None = None, hooks: RunHooks | 
     hooks = RunHooks.of(hooks, printer)
     if cfg.fusion not in FUSION_KINDS:
         raise LlmadError(f"--fusion {cfg.fusion!r}: expected {' or '.join(FUSION_KINDS)}")
-    if cfg.fusion == "stack" and (cfg.sft.max_time_s or int(os.environ.get("WORLD_SIZE", "1")) > 1
-                                  or cfg.stack.folds < 2 or cfg.stack.tree not in TREES):
-        raise LlmadError(f"--fusion stack: needs stack.folds >= 2, stack.tree one of {', '.join(TREES)}, and runs in "
-                         f"one process without --max-time")
+    if cfg.fusion == "stack":
+        cfg.stack.check()
+        if cfg.sft.max_time_s or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise LlmadError("--fusion stack: runs in one process without --max-time")
     out = check_out(cfg.out or default_out("sft", spec_name(cfg.data.spec)), force=force,
                     resume=cfg.resume or not is_main_process())  # worker ranks find rank 0's files
     # Worker ranks log nowhere: a file of theirs in out could race rank 0's check of it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmad.config import option
+from llmad.errors import LlmadError
 from llmad.detectors.sft.config import SFTConfig
 
 FUSION_KINDS = ("none", "stack")
@@ -21,6 +22,14 @@ class StackConfig:
     n_estimators: int = option(300, "trees (rf) or boosting iterations (hgb), as the baselines")
     features: str = option("auto", "plain | context (+ peer-context) | auto (both tried with each tree, the best on "
                                    "validation kept): the numbers beside the LM score")
+
+    def check(self) -> "StackConfig":
+        """Fail in one line before any LM trains when a setting is out of range."""
+        if self.folds < 2 or self.tree not in TREES or self.features not in FEATURE_SETS:
+            raise LlmadError(f"fusion stack: folds {self.folds}, tree {self.tree!r}, features {self.features!r}: "
+                             f"expected folds >= 2, tree one of {', '.join(TREES)}, features one of "
+                             f"{', '.join(FEATURE_SETS)}")
+        return self
 
 
 @dataclass

@@ -25,7 +25,7 @@ import pandas as pd
 
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
 from llmad.detectors.baselines import feature_columns, fit_tree, make_estimator, tree_inputs
-from llmad.detectors.fusion.config import FEATURE_SETS, TREES, StackConfig
+from llmad.detectors.fusion.config import StackConfig
 from llmad.detectors.sft.config import SFTConfig
 from llmad.errors import LlmadError
 
@@ -79,6 +79,7 @@ class StackDetector(Detector):
         from llmad.detectors.sft.training import validation_rows
         from llmad.metrics.classification import choose_threshold, objective_value
 
+        StackConfig(self.folds, self.tree, self.n_estimators, self.features).check()
         cfg = self.sft
         groups = train["run_id"].astype(str).to_numpy() if "run_id" in train.columns else np.arange(len(train))
         k = min(int(self.folds), len(np.unique(groups)))
@@ -118,9 +119,6 @@ class StackDetector(Detector):
             if len(todo):
                 lm_val[todo] = self.lm_.score(val.iloc[todo])
             y_val = val["label"].to_numpy().astype(int)
-        if self.tree not in TREES or self.features not in FEATURE_SETS:
-            raise LlmadError(f"fusion stack: tree {self.tree!r} / features {self.features!r}: expected one of "
-                             f"{', '.join(TREES)} / {', '.join(FEATURE_SETS)}")
         # Without validation rows there is nothing to choose on: auto falls back to hgb on context features.
         chooses = y_val is not None
         kinds = ["rf", "hgb"] if self.tree == "auto" and chooses else ["hgb" if self.tree == "auto" else self.tree]
