@@ -75,6 +75,8 @@ OWN: dict[str, tuple[str, ...]] = {
     "watch": ("--alerts", "--state", "--format", "--follow", "--poll", "--idle-exit", "--batch-lines", "--max-runs",
               "--checkpoint-s"),
     "numeric": ("--finetune", "--test-types"),
+    "adapt": ("--target", "--sources", "--methods", "--source-jobs", "--shot-jobs", "--full-jobs", "--unlabeled-jobs",
+              "--source-model", "--tree", "--save-models"),
     "pretrain moment": ("--seq-len", "--d-model", "--layers", "--heads", "--mask-ratio"),
     "compare": ("--set",),
 }

@@ -34,6 +34,7 @@ KINDS: dict[str, str] = {
     "moment": "llmad.detectors.moment:MomentDetector",
     "lagllama": "llmad.detectors.lagllama:LagLlamaDetector",
     "nll": "llmad.detectors.nll.detector:NLLDetector",
+    "proto": "llmad.detectors.proto:ProtoDetector",
     "window-nll": "llmad.detectors.nll.detector:WindowNLLDetector",
 }
 

@@ -17,6 +17,7 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from llmad.api.adapt import AdaptConfig
 from llmad.api.icl import ICLRun
 from llmad.api.nll import NLLRunConfig
 from llmad.api.numeric import NumericConfig
@@ -43,6 +44,7 @@ COMMANDS = {
     "replay": {StreamConfig, RunOptions},
     "watch": {StreamConfig},
     "numeric": {NumericConfig, RunOptions},
+    "adapt": {AdaptConfig, RunOptions},
     "compare": {RunOptions},
     "pretrain moment": {RunOptions},
 }
@@ -52,6 +54,7 @@ EXCLUDED = {
     ("watch", "StreamConfig", "speed"): "a live feed runs in real time",
     ("watch", "StreamConfig", "batch"): "watch batches by --batch-lines",
     ("watch", "StreamConfig", "workers"): "watch scores one batch at a time",
+    ("adapt", "AdaptConfig", "out"): "the shared --out of RunOptions",
     ("nll", "DataConfig", "limit"): "--limit is the test sample (NLLRunConfig.test_limit); train: --train-limit",
 }
 # Options that belong to the command, not to a config (where outputs go, how to print, which stored model ...).
@@ -70,6 +73,7 @@ COMMAND_ONLY = {
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
               "checkpoint_s", "columns"},
     "numeric": set(),
+    "adapt": set(),
 }
 # Commands without a config class: all their options are their own.
 NO_CONFIG = {"windows-text", "data info", "data list", "data fetch", "data import"}

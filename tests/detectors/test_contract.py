@@ -111,6 +111,18 @@ def stack_case() -> Case:
                 fit_kw=lambda work: {"output_dir": work / "fit", "printer": lambda s: None})
 
 
+def proto_case() -> Case:
+    def data():
+        tr, va, te = job_parts()
+        # meta-training needs >= 2 source workflows: the synthetic runs split into two
+        tr["workflow"] = np.where(tr["run_id"].str[-1].astype(int) % 2 == 0, "synth-a", "synth-b")
+        return tr, va, te
+
+    return Case("proto", lambda work: detector_class("proto")(
+        encoder=str(make_tiny_bert(work / "tiny-bert")), episodes=40, episode_jobs=64, hidden=32, dim=16), data,
+        planted_jobs(950.0), rtol=1e-5)
+
+
 def icl_case() -> Case:
     from llmad.detectors.icl.config import ICLConfig
 
@@ -197,7 +209,8 @@ def window_cases() -> dict[str, list[tuple[str, Case]]]:
 def all_cases() -> dict[str, list[tuple[str, Case]]]:
     return {"baseline": [(m, baseline_case(m)) for m in ("rf", "hgb", "iforest", "knn")],
             "sft": [("tiny-bert", sft_case())], "fusion-stack": [("tiny-bert", stack_case())],
-            "icl": [("smollm2-nearest", icl_case())], "nll": [("tiny-llama", nll_case())], **window_cases()}
+            "icl": [("smollm2-nearest", icl_case())], "nll": [("tiny-llama", nll_case())],
+            "proto": [("tiny-bert", proto_case())], **window_cases()}
 
 
 CASES = all_cases()

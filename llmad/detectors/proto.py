@@ -1,0 +1,311 @@
+"""A meta-learned detector that adapts to an unseen workflow in about a second (``llmad adapt --methods proto``).
+
+From the paper: FLASH (Qiu et al., "On the Promise and Challenges of Foundation Models for Cloud Systems
+Management", NeurIPS'23 ML for Systems) adapts to a new application by pairing embeddings instead of retraining.
+Here a new environment is a workflow the model has not seen, and adaptation runs no gradient step:
+
+- every job becomes ``x = [frozen encoder embedding of its sentence, robust z-scores of its numeric + peer-context
+  features]``; the z-scores use the median/IQR of the workflow's own *unlabeled* jobs, so "slow" means slow for
+  that workflow (the workflow's fingerprint, part 1);
+- a small network ``head(g(x) - c)`` is trained episodically across the source workflows: each episode draws one
+  workflow, takes ``c`` = the mean projection of some of its jobs (labels unused: part 2 of the fingerprint, what
+  normal looks like there) and is scored on other jobs of that workflow. So the network learns what anomalous
+  looks like *relative to a workflow's own jobs*, which is what transfers to a workflow it never saw;
+- pairing with a target (``adapt``): scales and ``c`` from its unlabeled jobs give the prior score at k = 0;
+  labeled support runs add a small forest on ``[z-scores, prior]`` fitted in well under a second, mixed with the
+  prior by ``a = n_anomalous / (n_anomalous + shrink)`` (standardised scores): few labels, mostly the prior;
+- the threshold needs no validation labels: the top ``rate`` of the unlabeled jobs' scores, ``rate`` being the
+  support's anomaly share shrunk toward the source workflows' share (``threshold_rule_ = "rate"``).
+
+Where llmad differs from FLASH: FLASH pairs an application's embedding with stored configurations; here the pairing
+is the centring and scaling on the workflow's own jobs, and the support's labels refine it without training the
+network again. Saved forests are pickles: load only files you wrote yourself.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmad.data.context import CONTEXT_FEATURES
+from llmad.data.flowbench import PAPER_FEATURES
+from llmad.detectors.base import Detector, read_detector_json, write_detector_json
+from llmad.errors import LlmadError
+
+CLIP = 8.0  # robust z-scores beyond this carry no more information and would dominate the projection
+
+
+def signed_log(x: np.ndarray) -> np.ndarray:
+    """sign(x) * log1p(|x|): delays and byte counts span orders of magnitude."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def robust_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-column median and IQR (NaN-aware; a constant or empty column gets scale 1)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (no transfers at all) is expected
+        if len(x):
+            med = np.nanmedian(x, axis=0)
+            iqr = np.nanpercentile(x, 75, axis=0) - np.nanpercentile(x, 25, axis=0)
+        else:
+            med, iqr = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    med = np.where(np.isfinite(med), med, 0.0)
+    iqr = np.where(np.isfinite(iqr) & (iqr > 1e-6), iqr, 1.0)
+    return {"median": med.tolist(), "iqr": iqr.tolist()}
+
+
+def standardize(x: np.ndarray, stats: dict[str, list[float]]) -> np.ndarray:
+    """Robust z-scores, clipped; missing values (a stage that did not happen) become 0 = typical."""
+    z = (x - np.asarray(stats["median"])) / np.asarray(stats["iqr"])
+    return np.clip(np.nan_to_num(z, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
+
+
+def shrunk_rate(n_anomalous: int, n_jobs: int, prior: float, weight: float = 200.0) -> float:
+    """The support's anomaly share, shrunk toward ``prior`` as if ``weight`` prior jobs had been seen too."""
+    return float((n_anomalous + prior * weight) / (n_jobs + weight))
+
+
+def rate_threshold(scores: np.ndarray, rate: float) -> float:
+    """The score above which the top ``rate`` share of ``scores`` lies (label-free)."""
+    if len(scores) == 0:
+        return 0.0
+    return float(np.quantile(np.asarray(scores, dtype=float), 1.0 - min(max(rate, 1e-3), 0.999)))
+
+
+class ProtoDetector(Detector):
+    """Meta-trained on source workflows (``fit``), adapted to a target workflow without gradients (``adapt``)."""
+
+    kind = "proto"
+
+    def __init__(self, encoder: str = "minilm", template: str = "compact", hidden: int = 128, dim: int = 64,
+                 episodes: int = 300, episode_jobs: int = 256, lr: float = 3e-3, shrink: float = 20.0, seed: int = 0,
+                 batch_size: int = 128):
+        self.encoder, self.template, self.hidden, self.dim = encoder, template, hidden, dim
+        self.episodes, self.episode_jobs, self.lr = episodes, episode_jobs, lr
+        self.shrink, self.seed, self.batch_size = shrink, seed, batch_size
+        self.name = f"proto-{Path(str(encoder)).name}"
+
+    # ------------------------------------------------------------------ features
+    def _encoder(self):
+        if getattr(self, "_enc", None) is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            from llmad.models.resolve import pick_device_dtype, resolve_model
+
+            loc = resolve_model(self.encoder).location
+            self._dev = pick_device_dtype()[0]
+            self._enc = (AutoTokenizer.from_pretrained(loc), AutoModel.from_pretrained(loc).to(self._dev).eval())
+        return self._enc
+
+    def embed(self, jobs: pd.DataFrame) -> np.ndarray:
+        """Mean-pooled frozen-encoder embeddings of the jobs' sentences."""
+        from llmad.detectors.sft.batching import encode, mean_pooled
+        from llmad.render import render_jobs
+
+        tok, model = self._encoder()
+        if len(jobs) == 0:
+            return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+        ids = encode(tok, render_jobs(jobs, self.template), 128)
+        order = np.argsort([len(i) for i in ids])  # length-sorted batches pad little
+        emb = mean_pooled(model, [ids[i] for i in order], tok.pad_token_id, self.batch_size, self._dev)
+        out = np.empty_like(emb)
+        out[order] = emb
+        return out.astype(np.float32)
+
+    def numeric(self, jobs: pd.DataFrame) -> np.ndarray:
+        """Signed-log numeric + peer-context features (context computed per run when missing)."""
+        from llmad.detectors.baselines import feature_matrix
+
+        return signed_log(feature_matrix(jobs, "context"))
+
+    def features(self, jobs: pd.DataFrame, stats: dict[str, list[float]]) -> np.ndarray:
+        """The network's input: embeddings beside the numeric features standardized by ``stats``."""
+        return np.concatenate([self.embed(jobs), standardize(self.numeric(jobs), stats)], axis=1)
+
+    # ------------------------------------------------------------------ network
+    def _build(self, n_in: int):
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.seed)
+
+        class Net(nn.Module):
+            def __init__(self, n: int, h: int, d: int):
+                super().__init__()
+                # dropout: 9 source workflows of a few hundred jobs each are memorised otherwise
+                self.g = nn.Sequential(nn.Dropout(0.1), nn.Linear(n, h), nn.GELU(), nn.Dropout(0.1), nn.Linear(h, d))
+                self.head = nn.Linear(d, 1)
+
+            def logits(self, x, centre):
+                return self.head(self.g(x) - centre).squeeze(-1)
+
+        return Net(n_in, self.hidden, self.dim)
+
+    def _episode_loss(self, net, x, y, rng):
+        """One episode on one workflow: centre on some of its jobs (labels unused), loss on other jobs."""
+        import torch
+
+        n, m = len(x), self.episode_jobs
+        perm = torch.from_numpy(rng.permutation(n))
+        centre = net.g(x[perm[:m]]).mean(0)
+        q = perm[m:2 * m] if n > m else perm
+        yq = y[q]
+        pos = float(yq.mean().clamp(1e-3, 1 - 1e-3))
+        w = torch.where(yq > 0, 0.5 / pos, 0.5 / (1 - pos))  # balanced: workflows differ in anomaly share
+        return torch.nn.functional.binary_cross_entropy_with_logits(net.logits(x[q], centre), yq, weight=w)
+
+    # ------------------------------------------------------------------ contract
+    def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "ProtoDetector":
+        """Meta-train on labeled jobs of >= 2 source workflows (``workflow``, ``run_id``, ``label`` columns)."""
+        import torch
+
+        for col in ("workflow", "run_id", "label"):
+            if col not in train.columns:
+                raise LlmadError(f"proto fit: the source table has no {col!r} column")
+        groups = [(w, g) for w, g in train.groupby("workflow", sort=True)]
+        if len(groups) < 2:
+            raise LlmadError(f"proto fit: meta-training needs >= 2 source workflows, got {len(groups)}")
+        t0 = time.perf_counter()
+        data = []
+        for _, g in groups:
+            x = self.features(g, robust_stats(self.numeric(g)))
+            data.append((torch.from_numpy(x), torch.from_numpy(g["label"].to_numpy(np.float32))))
+        self.embed_s_ = time.perf_counter() - t0
+        net = self._build(data[0][0].shape[1])
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-3)
+        rng = np.random.default_rng(self.seed)
+        self.losses_ = []
+        for _ in range(self.episodes):
+            x, y = data[int(rng.integers(len(data)))]
+            loss = self._episode_loss(net, x, y, rng)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            self.losses_.append(float(loss.detach()))
+        self.net_ = net.eval()
+        self.n_in_ = int(data[0][0].shape[1])
+        self.source_rate_ = float(np.mean([float(d[1].mean()) for d in data]))
+        self.source_workflows_ = [str(w) for w, _ in groups]
+        self.fit_seconds_ = time.perf_counter() - t0
+        if validation is not None and len(validation):
+            # The contract's threshold: pair with the validation jobs (label-free), then the validation-F1 one.
+            self.adapt(validation)
+            if "label" in validation.columns and validation["label"].notna().all():
+                self.set_threshold(self.score(validation), validation["label"].to_numpy())
+                self.threshold_rule_ = "validation"
+        return self
+
+    def adapt(self, unlabeled: pd.DataFrame, support: pd.DataFrame | None = None) -> "ProtoDetector":
+        """Pair with a target workflow: its unlabeled jobs (scales, centre, threshold) and labeled ``support``."""
+        import torch
+
+        from llmad.detectors.baselines import make_estimator
+
+        if getattr(self, "net_", None) is None:
+            raise RuntimeError("ProtoDetector.adapt: fit() or load() first")
+        if len(unlabeled) == 0:
+            raise LlmadError("proto adapt: no unlabeled target jobs to pair with")
+        t0 = time.perf_counter()
+        self.stats_ = robust_stats(self.numeric(unlabeled))
+        xu = self.features(unlabeled, self.stats_)
+        with torch.no_grad():
+            self.centre_ = self.net_.g(torch.from_numpy(xu)).mean(0).numpy().tolist()
+        self.forest_, self.a_, n_sup, n_anom = None, 0.0, 0, 0
+        prior_u = self._prior(xu)
+        self.mix_ = {"prior": [float(prior_u.mean()), float(prior_u.std() + 1e-9)]}
+        if support is not None and len(support):
+            ys = support["label"].to_numpy().astype(int)
+            n_sup, n_anom = len(ys), int(ys.sum())
+            if 0 < n_anom < n_sup:
+                xs = self.features(support, self.stats_)
+                self.forest_ = make_estimator("rf", n_estimators=100, seed=self.seed, n_jobs=1, balanced=True)
+                self.forest_.fit(self._forest_x(xs), ys)
+                fu = self.forest_.predict_proba(self._forest_x(xu))[:, 1]
+                self.mix_["forest"] = [float(fu.mean()), float(fu.std() + 1e-9)]
+                self.a_ = n_anom / (n_anom + self.shrink)
+        self.rate_ = shrunk_rate(n_anom, n_sup, self.source_rate_)
+        self.threshold_ = rate_threshold(self._score_x(xu), self.rate_)
+        self.threshold_rule_ = "rate"
+        self.support_jobs_ = n_sup
+        self.adapt_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _prior(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.net_.logits(torch.from_numpy(x), torch.tensor(self.centre_)).numpy()
+
+    def _forest_x(self, x: np.ndarray) -> np.ndarray:
+        # the numeric z-scores (the embedding's 384 dims would drown them in a small support) and the prior
+        return np.c_[x[:, -len(self.stats_["median"]):], self._prior(x)]
+
+    def _score_x(self, x: np.ndarray) -> np.ndarray:
+        m, s = self.mix_["prior"]
+        out = (self._prior(x) - m) / s
+        if self.forest_ is not None:
+            fm, fs = self.mix_["forest"]
+            out = (1 - self.a_) * out + self.a_ * (self.forest_.predict_proba(self._forest_x(x))[:, 1] - fm) / fs
+        return out
+
+    def score(self, items: pd.DataFrame) -> np.ndarray:
+        """Anomaly score per job (higher = more anomalous), relative to the adapted workflow."""
+        if getattr(self, "centre_", None) is None:
+            raise RuntimeError("ProtoDetector.score: adapt() to a workflow first (fit with validation does it)")
+        if len(items) == 0:
+            return np.zeros(0)
+        return self._score_x(self.features(items, self.stats_))
+
+    def input_columns(self) -> list[str]:
+        """The columns the score depends on (a replay reveals exactly these)."""
+        return list(PAPER_FEATURES) + list(CONTEXT_FEATURES)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """The network as safetensors and the pairing (centre, prototypes, scales, threshold) as JSON."""
+        from safetensors.torch import save_file
+
+        from llmad.io import atomic_dir
+
+        if getattr(self, "net_", None) is None:
+            raise RuntimeError("ProtoDetector.save: fit() or load() first")
+        with atomic_dir(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(tmp / "model.safetensors"))
+            if self.forest_ is not None:
+                with open(tmp / "forest.pkl", "wb") as fh:
+                    pickle.dump(self.forest_, fh)
+            state = {k: getattr(self, k, None) for k in ("n_in_", "source_rate_", "source_workflows_", "stats_",
+                                                          "centre_", "mix_", "a_", "rate_", "threshold_",
+                                                          "threshold_rule_", "support_jobs_")}
+            write_detector_json(tmp, self.kind, {"params": self.get_params(), "state": state})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProtoDetector":
+        """Load a detector written by ``save``: scores equal the saved object's."""
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        meta = read_detector_json(p)
+        try:
+            det = cls(**meta["params"])
+            for k, v in meta["state"].items():
+                setattr(det, k, v)
+            net = det._build(int(det.n_in_))
+            net.load_state_dict(load_file(str(p / "model.safetensors")))
+        except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+            raise LlmadError(f"{p}: not a loadable proto detector ({type(e).__name__}: {e})") from None
+        det.net_ = net.eval()
+        det.forest_ = None
+        if (p / "forest.pkl").is_file():
+            with open(p / "forest.pkl", "rb") as fh:
+                det.forest_ = pickle.load(fh)
+        return det
+
+
+__all__ = ["ProtoDetector", "robust_stats", "standardize", "shrunk_rate", "rate_threshold", "signed_log"]
