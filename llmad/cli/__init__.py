@@ -4,15 +4,10 @@ Errors caused by input (``LlmadError``) print one line and exit 2, never a trace
 """
 from __future__ import annotations
 
-import os
 import sys
 
-# torch and scikit-learn each bring an OpenMP runtime whose idle threads spin; on a machine whose cores are busy
-# (other jobs, two runtimes in one process) a tiny sklearn fit then took minutes instead of a second. Sleeping idle
-# threads cost nothing measurable on the big matrix products. Set before either library loads; a user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import typer  # noqa: E402
+# OMP_WAIT_POLICY=PASSIVE is set by importing llmad (its __init__ says why).
+import typer
 
 from llmad.cli.apps import app, data_app
 

@@ -102,6 +102,11 @@ def test_summary_time_to_95_percent():
             {"method": "m", "k": "full", "applicable": True, "f1": 0.8, "adapt_s": 30.0}]
     s = summarize(rows)["methods"]["m"]
     assert s["k95"] == 2 and s["t95_s"] == 5.0 and s["gap_k2"] == pytest.approx(0.02)
+    weak = [{**r, "method": "w", "f1": r["f1"] / 2, "adapt_s": r["adapt_s"] * 3} for r in rows]
+    both = summarize(rows + weak)
+    # the weak method reaches 95% of its own (poor) full F1 early, but never the common bar
+    assert both["methods"]["w"]["k95"] == 2 and both["methods"]["w"]["t_common_s"] is None
+    assert both["common_bar_f1"] == pytest.approx(0.76) and both["methods"]["m"]["t_common_s"] == 5.0
 
 
 @pytest.mark.parametrize("kw, match", [({"methods": "proto,magic"}, "--methods"), ({"shots": "1,x"}, "--shots"),
@@ -121,3 +126,44 @@ def test_cli_bad_method_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--methods" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_transfer_from_a_saved_source_model(adapted, tmp_path):
+    from dataclasses import replace
+
+    cfg, res = adapted
+    again = run_adapt(replace(cfg, methods="transfer", shots="0", source_model=str(Path(cfg.out) / "source_sft"),
+                              out=str(tmp_path / "o")))
+    first = next(r for r in res.metrics["rows"] if r["method"] == "transfer" and r["k"] == 0)
+    mine = next(r for r in again.metrics["rows"] if r["k"] == 0)
+    assert mine["roc_auc"] == pytest.approx(first["roc_auc"]) and mine["source_s"] < 5
+    assert not (tmp_path / "o" / "source_sft").exists()  # nothing trained on the sources this time
+
+
+def test_source_lm_accepts_sft_runs_and_stacks(tmp_path):
+    from llmad.api.adapt import source_lm
+    from llmad.detectors.base import write_detector_json
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    write_detector_json(tmp_path / "run" / "model", "sft", {})
+    assert source_lm(str(tmp_path / "run")) == str(tmp_path / "run" / "model")
+    (tmp_path / "stack").mkdir()
+    write_detector_json(tmp_path / "stack", "fusion-stack", {})
+    assert source_lm(str(tmp_path / "stack")) == str(tmp_path / "stack" / "lm")
+    (tmp_path / "rf").mkdir()
+    write_detector_json(tmp_path / "rf", "baseline", {})
+    with pytest.raises(LlmadError, match="--source-model"):
+        source_lm(str(tmp_path / "rf"))
+
+
+def test_the_adapted_proto_detector_replays(adapted, tmp_path):
+    from llmad.api.replay import run_replay
+    from llmad.stream.config import StreamConfig
+
+    cfg, res = adapted
+    zip_path = Path(cfg.data_dir) / "flowbench" / "wfc.zip"
+    rep = run_replay(str(Path(cfg.out) / "models" / "proto-k2"), str(zip_path), StreamConfig(), split="run",
+                     out=tmp_path / "r")
+    preds = rep.predictions
+    assert len(preds) and np.isfinite(preds["max_score"]).all()
+    assert rep.metrics["anomalous_jobs"] > 0
