@@ -101,9 +101,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     secs = df[df["applicable"]].pivot_table(index=["target", "method"], columns="k", values="adapt_s").round(2)
     cols = [c for c in ("0", "1", "2", "5", "full") if c in f1.columns]
     pt = pd.DataFrame(per_target)
-    show = ["target", "speedup_vs_transfer", "speedup_vs_transfer_common", "common_bar_f1"] + [
-        f"{m}_{k}" for m in ("proto", "transfer", "scratch", "trees")
-        for k in ("f1_full", "f1_k2", "gap_k2", "t95_s", "k95", "t_common_s") if f"{m}_{k}" in pt.columns]
+    pt["load_1min_start"] = [v[0] if v else None for v in pt.get("load_start", [None] * len(pt))]
+    f1_cols = ["target"] + [f"{m}_{k}" for m in ("proto", "transfer", "scratch", "trees")
+                            for k in ("f1_full", "f1_k2", "gap_k2")]
+    time_cols = ["target", "speedup_vs_transfer", "proto_t95_s", "proto_k95", "transfer_t95_s", "transfer_k95",
+                 "common_bar_f1", "speedup_vs_transfer_common", "proto_t_common_s", "transfer_t_common_s",
+                 "trees_t_common_s", "wall_s", "load_1min_start"]
     goal_speed = summary["median_speedup_vs_transfer"]
     goal_gap = summary["median_f1_gap_k2"]
     lines = [
@@ -135,9 +138,16 @@ def cmd_report(a: argparse.Namespace) -> None:
         f"(goal <= 0.05: {'met' if goal_gap is not None and goal_gap <= 0.05 else 'not met'})",
         *(f"- median F1 gap, {m}: {_fmt(summary[f'median_f1_gap_k2_{m}'])}" for m in ("transfer", "scratch", "trees")),
         "",
-        "## Per target",
+        "## Per target: F1 with the full target, with k = 2 runs, and the gap",
         "",
-        pt[[c for c in show if c in pt.columns]].round(3).to_markdown(index=False),
+        pt[[c for c in f1_cols if c in pt.columns]].round(3).to_markdown(index=False),
+        "",
+        "## Per target: adaptation seconds to 95% of the own full-target F1 (t95, at k95), and to the common bar",
+        "",
+        "Empty `*_t_common_s`: the method never reaches the common bar on that target. `wall_s`: the whole target "
+        "(source steps included); `load_1min_start`: the machine's 1-minute load when it started.",
+        "",
+        pt[[c for c in time_cols if c in pt.columns]].round(3).to_markdown(index=False),
         "",
         "## F1 vs k (test, rule `rate`)",
         "",
