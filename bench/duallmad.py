@@ -50,6 +50,9 @@ def jobs_for(ds: str) -> list[dict]:
         jobs += [{"job": "duallmad", "extra": {**DUAL, "branches": "temporal"}, "rescore": False},
                  {"job": "duallmad", "extra": {**DUAL, "branches": "metric"}, "rescore": False},
                  {"job": "duallmad", "extra": {**DUAL, "branches": "both", "pretrained": False}, "rescore": False}]
+    if ds == "asd":  # item 4: channel-standardised max instead of the mean over channels (bench/asd_auc_probe.py)
+        jobs.append({"job": "duallmad", "extra": {**DUAL, "branches": "both", "score_reduce": "max-z"},
+                     "rescore": False})
     per = ds != "nezha"  # Nezha services are short and most hold no validation anomaly: one pooled model there
     jobs += [{"job": "lstm-ae", "per_entity": per}, {"job": "iforest", "per_entity": per}, {"job": "moment"}]
     return [{"dataset": ds, **j} for j in jobs]

@@ -16,6 +16,10 @@ Where llmad differs from the paper:
   ``-<number>`` removed: SMD ``machine-1-*`` / ``machine-2-*`` / ``machine-3-*``, ASD one group (``omi``),
   Nezha one group per service. Windows of an unseen group (or plain arrays) use the stage-1 head.
 - thresholds come from validation points (the paper reports best-threshold point-adjusted F1).
+- ``score_reduce="max-z"`` (not in the paper): each channel's squared error is standardised by its median / IQR
+  on training windows and the step score is the max over channels; the default ``mean`` averages raw errors over
+  channels. On ASD the mean is dominated by channels that are noisy in normal operation, while most anomalous
+  channels are reconstructed *better* during anomalies (bench/asd_auc_probe.py).
 
 Transfer protocol (used by OmniTransfer): the torch module is ``model_``; ``generic_prefixes`` name the backbone
 parameters; ``_fit`` keeps a ``model_`` set by the caller (warm start, its ``requires_grad`` flags respected) and
@@ -37,6 +41,7 @@ from llmad.errors import LlmadError
 DEFAULT_BACKBONE = "smollm2-135m"
 BRANCHES = ("both", "temporal", "metric")
 GROUP_BY = ("prefix", "entity", "none")
+SCORE_REDUCE = ("mean", "max-z")
 
 
 def entity_of(series_name: str) -> str:
@@ -195,17 +200,21 @@ class DualLMADDetector(WindowDetector):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, n_layers: int = 2, branches: str = "both",
                  pretrained: bool = True, stage2: bool = True, patch: int = 8, steps: int = 200,
                  stage2_steps: int = 60, batch_size: int = 32, lr: float = 1e-3, stage2_lr: float = 3e-3,
-                 group_by: str = "prefix", stage2_windows: int = 512, seed: int = 0, device: str | None = None):
+                 group_by: str = "prefix", stage2_windows: int = 512, score_reduce: str = "mean", seed: int = 0,
+                 device: str | None = None):
         if branches not in BRANCHES:
             raise LlmadError(f"duallmad branches {branches!r}: expected one of {', '.join(BRANCHES)}")
         if group_by not in GROUP_BY:
             raise LlmadError(f"duallmad group_by {group_by!r}: expected one of {', '.join(GROUP_BY)}")
+        if score_reduce not in SCORE_REDUCE:
+            raise LlmadError(f"duallmad score_reduce {score_reduce!r}: expected one of {', '.join(SCORE_REDUCE)}")
         self.backbone, self.n_layers, self.branches, self.pretrained = backbone, n_layers, branches, pretrained
         self.stage2, self.patch, self.steps, self.stage2_steps = stage2, patch, steps, stage2_steps
         self.batch_size, self.lr, self.stage2_lr, self.group_by = batch_size, lr, stage2_lr, group_by
-        self.stage2_windows, self.seed, self.device = stage2_windows, seed, device
+        self.stage2_windows, self.score_reduce, self.seed, self.device = stage2_windows, score_reduce, seed, device
         self.name = "duallmad" + ("" if branches == "both" else f"-{branches}") + \
-            ("" if stage2 else "-nostage2") + ("" if pretrained else "-randominit")
+            ("" if stage2 else "-nostage2") + ("" if pretrained else "-randominit") + \
+            ("" if score_reduce == "mean" else f"-{score_reduce}")
 
     # -- model ---------------------------------------------------------------------------------------------
     def _dev(self) -> str:
@@ -277,6 +286,14 @@ class DualLMADDetector(WindowDetector):
         if self.stage2 and isinstance(train, WindowSet) and n:
             self._stage2(train, rng, dev)
         self.model_.eval()
+        self.channel_stats_ = None
+        if self.score_reduce == "max-z" and n:
+            rows = np.sort(rng.choice(n, min(n, self.stage2_windows), replace=False))
+            sub = train.subset(rows) if isinstance(train, WindowSet) else batch(rows)
+            err = self._channel_errors(sub).reshape(-1, F)
+            med = np.median(err, axis=0)
+            iqr = np.percentile(err, 75, axis=0) - np.percentile(err, 25, axis=0)
+            self.channel_stats_ = [med.tolist(), np.maximum(iqr, 1e-6).tolist()]
 
     def _train(self, params, next_batch, steps: int, lr: float, dev: str, k: int = 0) -> list[float]:
         """Adam on the normalised reconstruction MSE of head ``k`` for ``steps`` batches."""
@@ -329,13 +346,14 @@ class DualLMADDetector(WindowDetector):
             self.stage2_losses_[str(g)] = losses
 
     # -- score ----------------------------------------------------------------------------------------------
-    def score_steps(self, items: Any) -> np.ndarray:
+    def _channel_errors(self, items: Any) -> np.ndarray:
+        """(N, L, F) squared reconstruction errors, each window through its group's head."""
         import torch
 
         x = check_finite(as_windows(items))
         heads = self._window_groups(items, len(x))
         dev = self._dev()
-        out = np.zeros(x.shape[:2], dtype=np.float32)
+        out = np.zeros(x.shape, dtype=np.float32)
         self.model_.eval()
         with torch.no_grad():
             for k in np.unique(heads):
@@ -343,8 +361,15 @@ class DualLMADDetector(WindowDetector):
                 for i in range(0, len(rows), 128):
                     r = rows[i:i + 128]
                     xb = torch.from_numpy(x[r]).to(dev)
-                    out[r] = ((self.model_(xb, int(k)) - xb) ** 2).mean(-1).float().cpu().numpy()
+                    out[r] = ((self.model_(xb, int(k)) - xb) ** 2).float().cpu().numpy()
         return out
+
+    def score_steps(self, items: Any) -> np.ndarray:
+        err = self._channel_errors(items)
+        stats = getattr(self, "channel_stats_", None)
+        if self.score_reduce == "max-z" and stats is not None:
+            return ((err - np.asarray(stats[0], np.float32)) / np.asarray(stats[1], np.float32)).max(-1)
+        return err.mean(-1)
 
     # -- persistence ----------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -358,7 +383,8 @@ class DualLMADDetector(WindowDetector):
         with atomic_path(path / "model.safetensors") as tmp:
             save_file(sd, str(tmp))
         self._write_meta(path, {"n_features": self.n_features_, "length": self.length_, "groups": self.groups_,
-                                "heads": len(self.model_.heads)})
+                                "heads": len(self.model_.heads),
+                                "channel_stats": getattr(self, "channel_stats_", None)})
 
     @classmethod
     def load(cls, path: str | Path) -> "DualLMADDetector":
@@ -374,5 +400,6 @@ class DualLMADDetector(WindowDetector):
         det.model_.load_state_dict(load_file(str(Path(path) / "model.safetensors")))
         det.model_.to(det._dev()).eval()
         det.groups_ = {str(k): int(v) for k, v in meta["groups"].items()}
+        det.channel_stats_ = meta.get("channel_stats")
         det.threshold_ = meta["threshold"]
         return det

@@ -203,3 +203,19 @@ def test_real_smollm2_backbone(sets):
     assert det.hidden_size_ == 576 and len(det.model_.backbone_t.blocks) == 1
     s = det.score_points(te)
     assert np.isfinite(s).all() and s.std() > 0
+
+
+def test_max_z_score_reduce_standardises_channels(tiny_llama, sets, tmp_path):
+    import llmad.detectors
+
+    tr, va, te = sets
+    det = _det(tiny_llama, steps=10, stage2=False, score_reduce="max-z").fit(tr, va)
+    med, iqr = (np.asarray(v) for v in det.channel_stats_)
+    assert med.shape == (3,) and (iqr > 0).all() and det.name == "duallmad-nostage2-max-z"
+    err = det._channel_errors(te)
+    np.testing.assert_allclose(det.score_steps(te), ((err - med) / iqr).max(-1), rtol=1e-5)
+    det.save(tmp_path / "d")
+    np.testing.assert_allclose(llmad.detectors.load(tmp_path / "d").score_points(te), det.score_points(te),
+                               rtol=1e-5)
+    with pytest.raises(LlmadError, match="score_reduce"):
+        _det(tiny_llama, score_reduce="median")
