@@ -366,7 +366,7 @@ def summary_line(m: dict[str, Any]) -> str:
     t = m["test"]
     ev = t.get("event", {})
     return (f"{m['method']} on {m['dataset']}: F1 {t['f1']:.3f} P {t['precision']:.3f} R {t['recall']:.3f} "
-            f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} "
+            f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} VUS-PR {t.get('vus_pr', float('nan')):.3f} "
             f"event recall {ev.get('event_recall', float('nan')):.2f} "
             f"(threshold {m.get('threshold_rule', 'val')}; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
 

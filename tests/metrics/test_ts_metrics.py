@@ -1,4 +1,5 @@
-"""Time-series metrics: event recall and delay, per-type rows, and the labelled point-adjusted F1."""
+"""Time-series metrics: event recall and delay, per-type rows, the labelled point-adjusted F1, VUS-PR (checked
+against a transcription of TSB-AD's loop), event F1 and the TSB-AD sliding window."""
 from __future__ import annotations
 
 import numpy as np
