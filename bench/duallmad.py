@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 MODELS = RESULTS / "duallmad" / "models"  # git-ignored by the bench/results/*/models/ rule
 OUT = RESULTS / "duallmad.json"
-os.environ.setdefault("LLMAD_TORCH_THREADS", "2")  # run under the heavy lock: both cores are ours
 
 DATASETS = {
     "smd": {"data": "smd:all", "window": 64, "stride": 64, "shots": 2000},
@@ -73,7 +72,8 @@ def entity_metrics(det, val_ws, test_ws) -> tuple[dict, list[dict]]:
     from llmad.metrics.timeseries import event_f1, find_period, point_adjust, vus_pr
 
     def prf(y, p) -> dict:
-        tp, fp, fn = int(((p == 1) & (y == 1)).sum()), int(((p == 1) & (y == 0)).sum()), int(((p == 0) & (y == 1)).sum())
+        tp, fp = int(((p == 1) & (y == 1)).sum()), int(((p == 1) & (y == 0)).sum())
+        fn = int(((p == 0) & (y == 1)).sum())
         pr, rc = (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
         return {"precision": pr, "recall": rc, "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0}
 
@@ -130,8 +130,15 @@ def _steps(det) -> int | None:
     return getattr(det, "train_steps_", None)
 
 
+def threads_for(job: dict) -> int:
+    """Torch threads of a job: small LSTMs and MOMENT slow down badly with 2 threads on 2 shared cores (an SMD
+    per-entity lstm-ae job ran past 900 s with 2, about 12 s per machine with 1)."""
+    return 2 if job["job"] == "duallmad" else 1
+
+
 def run_job(job: dict) -> list[dict]:
     """Fit and evaluate one job; one result row per reported variant."""
+    os.environ["LLMAD_TORCH_THREADS"] = str(threads_for(job))
     from llmad.api.numeric import build_detector
     from llmad.data.timeseries import SeriesSplit
 
@@ -149,7 +156,7 @@ def run_job(job: dict) -> list[dict]:
                 "trainable_parameters_stage1": det.trainable_parameters_, "train_windows": len(tr),
                 "first_loss": det.losses_[0], "last_loss": float(sum(det.losses_[-10:]) / 10)}
         out = [{"variant": det.name, "fit_seconds": fit_s, **pooled, **info, "entities": ents}]
-        if det.stage2 and job.get("rescore", True):  # the same model scored with the stage-1 head only: stage 2 off without refitting
+        if det.stage2 and job.get("rescore", True):  # stage 2 off without refitting: the stage-1 head only
             det.groups_ = {}
             pooled2, ents2 = entity_metrics(det, va, te)
             out.append({"variant": det.name + "-nostage2", "fit_seconds": fit_s, **pooled2, **info,
@@ -223,7 +230,7 @@ def run_one(job: dict, timeout: float = 900) -> dict:
 
     return {"job": job, "status": status, "wall_seconds": time.time() - t0, "load_1min_at_start": load,
             "device": f"{pick_device_dtype()[0]} ({platform.processor() or platform.machine()}, "
-                      f"{os.environ['LLMAD_TORCH_THREADS']} torch threads)",
+                      f"{threads_for(job)} torch threads)",
             "rows" if status == "ok" else "error": payload}
 
 
