@@ -137,7 +137,12 @@ def threads_for(job: dict) -> int:
 
 
 def run_job(job: dict) -> list[dict]:
-    """Fit and evaluate one job; one result row per reported variant."""
+    """Fit and evaluate one job; one result row per reported variant (each names the torch threads it used)."""
+    rows = _run_job(job)
+    return [{**r, "torch_threads": threads_for(job)} for r in rows]
+
+
+def _run_job(job: dict) -> list[dict]:
     os.environ["LLMAD_TORCH_THREADS"] = str(threads_for(job))
     from llmad.api.numeric import build_detector
     from llmad.data.timeseries import SeriesSplit
@@ -263,6 +268,13 @@ def _mean(row: dict, key: str) -> float:
     return float(np.nanmean(v)) if v else float("nan")
 
 
+def _device(r: dict, row: dict) -> str:
+    """The row's device; its own torch-thread count when it recorded one (the job's parent may not know it)."""
+    if "torch_threads" not in row:
+        return r["device"]
+    return r["device"].split(",")[0] + f", {row['torch_threads']} torch threads)"
+
+
 def _f(v) -> str:
     return "nan" if v is None or v != v else f"{v:.3f}"
 
@@ -315,11 +327,12 @@ def cmd_report(args) -> None:
                 vals = {k: _mean(x, k) for k in ("f1", "vus_pr", "event_f1", "event_recall", "roc_auc",
                                                   "pa_f1_INFLATED")}
                 summary.setdefault(ds, {})[x["variant"]] = {**vals, "entities": n}
+                steps = "-" if steps is None else steps
                 lines.append(f"| {x['variant']} | {n} | {_f(vals['f1'])} | {_f(vals['vus_pr'])} | "
                              f"{_f(vals['event_f1'])} | {_f(vals['event_recall'])} | {_f(vals['roc_auc'])} | "
                              f"{_f(x.get('roc_auc_pooled'))} | {_f(vals['pa_f1_INFLATED'])} | {steps} | "
                              f"{x['fit_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['load_1min_at_start']:.1f} | "
-                             f"{r['device']} |")
+                             f"{_device(r, x)} |")
         lines.append("")
     goal = []
     for ds, v in summary.items():
