@@ -199,7 +199,8 @@ def _run_job(job: dict) -> list[dict]:
         score_s += pooled["score_seconds"]
         steps.append(_steps(det))
     scope = "per-entity" if job.get("per_entity") else "pooled"
-    return [{"variant": f"{kind} ({scope})", "fit_seconds": fit_s, "score_seconds": score_s,
+    extra = {} if job.get("per_entity") else {"roc_auc_pooled": pooled["roc_auc_pooled"]}
+    return [{"variant": f"{kind} ({scope})", "fit_seconds": fit_s, "score_seconds": score_s, **extra,
              "train_steps": (max(s for s in steps if s is not None) if any(s is not None for s in steps) else None),
              "models": len(parts), "entities": ents}]
 
