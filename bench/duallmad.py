@@ -335,6 +335,11 @@ def cmd_report(args) -> None:
                              f"{x['fit_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['load_1min_at_start']:.1f} | "
                              f"{_device(r, x)} |")
         lines.append("")
+    total = sum(r["wall_seconds"] for r in res)
+    lines += [f"Wall time of the saved jobs: {total / 60:.0f} min in all (SMD: all 19 machines, full series, no "
+              "slicing). Not in it: a first SMD per-entity lstm-ae attempt that hit the 900 s job timeout with 2 "
+              "torch threads on the 2 shared cores (thread oversubscription; with 1 thread the same job took 39 s).",
+              ""]
     goal = []
     for ds, v in summary.items():
         d, b = v.get("duallmad", {}).get("f1"), v.get("lstm-ae (per-entity)", v.get("lstm-ae (pooled)", {})).get("f1")
