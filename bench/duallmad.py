@@ -276,6 +276,14 @@ def _device(r: dict, row: dict) -> str:
     return r["device"].split(",")[0] + f", {row['torch_threads']} torch threads)"
 
 
+def _backbone(row: dict) -> str:
+    """Which LM the row's model is built from (every table names it)."""
+    if "backbone" not in row:
+        return "none (small MOMENT stand-in)" if row["variant"].startswith("moment") else "none"
+    init = "random init, same architecture" if "randominit" in row["variant"] else "pretrained"
+    return f"{row['backbone']} first {row['n_layers']} layers, {init}"
+
+
 def _f(v) -> str:
     return "nan" if v is None or v != v else f"{v:.3f}"
 
@@ -313,12 +321,12 @@ def cmd_report(args) -> None:
         if not rs:
             continue
         lines += [f"## {ds}: {DATASETS[ds]['data']}", "",
-                  "| detector | entities | point F1 | VUS-PR | event F1 | event recall | ROC-AUC (mean) | ROC-AUC "
+                  "| detector | backbone | entities | point F1 | VUS-PR | event F1 | event recall | ROC-AUC (mean) | ROC-AUC "
                   "(pooled) | PA-F1 (INFLATED) | train steps | fit s | wall s | load | device |",
-                  "|" + "---|" * 14]
+                  "|" + "---|" * 15]
         for r in rs:
             if r["status"] != "ok":
-                lines.append(f"| {r['job']['job']} | error: {r['error'].splitlines()[0][:100]} |" + " |" * 12)
+                lines.append(f"| {r['job']['job']} | error: {r['error'].splitlines()[0][:100]} |" + " |" * 13)
                 continue
             for x in r["rows"]:
                 n = sum(1 for e in x["entities"] if e.get("anomalies"))
@@ -329,7 +337,7 @@ def cmd_report(args) -> None:
                                                   "pa_f1_INFLATED")}
                 summary.setdefault(ds, {})[x["variant"]] = {**vals, "entities": n}
                 steps = "-" if steps is None else steps
-                lines.append(f"| {x['variant']} | {n} | {_f(vals['f1'])} | {_f(vals['vus_pr'])} | "
+                lines.append(f"| {x['variant']} | {_backbone(x)} | {n} | {_f(vals['f1'])} | {_f(vals['vus_pr'])} | "
                              f"{_f(vals['event_f1'])} | {_f(vals['event_recall'])} | {_f(vals['roc_auc'])} | "
                              f"{_f(x.get('roc_auc_pooled'))} | {_f(vals['pa_f1_INFLATED'])} | {steps} | "
                              f"{x['fit_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['load_1min_at_start']:.1f} | "
