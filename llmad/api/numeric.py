@@ -5,7 +5,7 @@ One run: load a split (``nezha:trainticket``, ``smd:<machine>|all``, ``asd:<serv
 z-score fitted on train -> sliding windows -> pick the training windows (``shots``) -> fit the detector ->
 threshold on validation points -> score test points -> time-series metrics (``llmad.metrics.timeseries``).
 
-Training windows (``shots``): unsupervised detectors (moment probe/lora, lstm-ae, iforest, lagllama full)
+Training windows (``shots``): unsupervised detectors (moment probe/lora, lstm-ae, iforest, lagllama full, duallmad)
 train on train windows that hold no labelled anomaly (a labelled window is "known normal"); ``shots`` caps how
 many (seeded sample). Supervised ones (rf, hgb) take ``shots`` labelled windows, at least two of them anomalous
 when the pool has any; the pool is the train part when it is labelled (Nezha, csv), else every other event stretch
@@ -32,7 +32,7 @@ from llmad.data.windows import WindowSet, ZScore, make_windows
 from llmad.errors import LlmadError, warn
 from llmad.interrupts import note_run
 
-METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb", "nll")
+METHODS = ("moment", "lagllama", "lstm-ae", "iforest", "rf", "hgb", "nll", "duallmad")
 STEP_SECONDS = {"nezha": 60.0, "smd": 60.0, "asd": 300.0}
 DEFAULT_WINDOW = {"nezha": 64, "asd": 64}  # Nezha stretches are a few hundred minutes; ASD parts ~1-3k points
 
@@ -41,7 +41,7 @@ DEFAULT_WINDOW = {"nezha": 64, "asd": 64}  # Nezha stretches are a few hundred m
 class NumericConfig:
     """One numeric-track run (every CLI option of ``llmad numeric`` maps onto a field)."""
 
-    method: str = option("iforest", "moment | lagllama | lstm-ae | iforest | rf | hgb")
+    method: str = option("iforest", "moment | lagllama | lstm-ae | iforest | rf | hgb | duallmad")
     data: str = option("asd:omi-1", "nezha:trainticket | smd:<machine>|all | asd:<server>|all | csv:<path>")
     data_dir: str | None = option(None, "Data folder (default: the shared data dir).")
     split: str = option("time", "nezha: time | fault")
@@ -54,8 +54,9 @@ class NumericConfig:
     shots: int | None = option(None, "Training windows (0 = zero-shot; rf/hgb: labelled windows). Default: all.")
     finetune: str = option("none", "moment: none | probe | lora; lagllama: none | full")
     model: str | None = option(None, "moment/lagllama: hub id or local folder (lagllama: 'scratch' trains a "
-                                     "small one here)")
-    max_steps: int = option(200, "Training steps cap (lstm-ae, moment probe/lora, lagllama).")
+                                     "small one here); duallmad: backbone LM (alias | hub id | path, default "
+                                     "smollm2-135m)")
+    max_steps: int = option(200, "Training steps cap (lstm-ae, moment probe/lora, lagllama, duallmad stage 1).")
     epochs: int = option(3, "Training epochs cap (lstm-ae, moment probe/lora).", cli=False)
     batch_size: int = option(64, "Training batch size.", cli=False)
     lr: float = option(1e-3, "Learning rate.", cli=False)
@@ -156,6 +157,11 @@ def build_detector(cfg: NumericConfig, work_dir: Path | None = None, train: Wind
             model, ft = str(path), "none"
         return LagLlamaDetector(model=model, finetune=ft, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                                 lr=cfg.lr, seed=cfg.seed, **x)
+    if m == "duallmad":  # extra: n_layers, branches, pretrained, stage2, patch, stage2_steps, group_by, ...
+        from llmad.detectors.duallmad import DEFAULT_BACKBONE, DualLMADDetector
+
+        return DualLMADDetector(backbone=cfg.model or DEFAULT_BACKBONE, steps=cfg.max_steps,
+                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, **x)
     if m == "nll":  # llmad nll on metric windows: extra={"config": NLLConfig fields}
         from llmad.config import from_dict
         from llmad.detectors.nll.detector import NLLConfig, WindowNLLDetector
@@ -272,7 +278,8 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     val_scores, val_thr, test_scores, threshold, source = apply_threshold_rule(rule, det, cfg, val_ws, val_scores,
                                                                                test_ws, test_scores)
     rep = ts_report(y, test_scores, threshold, event_ids=ev, event_types=types,
-                    tolerance=cfg.event_tolerance, step_seconds=STEP_SECONDS.get(kind))
+                    tolerance=cfg.event_tolerance, step_seconds=STEP_SECONDS.get(kind),
+                    vus_window=vus_window(split.test))
     val_rep = ts_report(val_ws.point_labels(), val_scores, val_thr)
     metrics: dict[str, Any] = {
         "method": det.name, "dataset": cfg.data, "split": split.summary(),
@@ -308,6 +315,13 @@ def run_numeric(cfg: NumericConfig, *, split: SeriesSplit | None = None, hooks: 
     details = {k: metrics[k] for k in ("method", "window", "stride", "shots", "selection", "threshold", "notes")}
     return RunResult(metrics, preds, details=details, artifacts=artifacts, out_dir=out_dir,
                      summary=summary_line(metrics))
+
+
+def vus_window(series: Sequence[Series]) -> int:
+    """TSB-AD's VUS sliding window for a part: the median over its series of the first channel's period."""
+    from llmad.metrics.timeseries import find_period
+
+    return int(np.median([find_period(s.values[:, 0]) for s in series])) if series else 100
 
 
 def _data_dir(cfg: NumericConfig) -> Path | None:
@@ -352,7 +366,7 @@ def summary_line(m: dict[str, Any]) -> str:
     t = m["test"]
     ev = t.get("event", {})
     return (f"{m['method']} on {m['dataset']}: F1 {t['f1']:.3f} P {t['precision']:.3f} R {t['recall']:.3f} "
-            f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} "
+            f"PR-AUC {t['pr_auc']:.3f} ROC-AUC {t['roc_auc']:.3f} VUS-PR {t.get('vus_pr', float('nan')):.3f} "
             f"event recall {ev.get('event_recall', float('nan')):.2f} "
             f"(threshold {m.get('threshold_rule', 'val')}; PA-F1 {t['point_adjusted_INFLATED']['f1']:.3f}, inflated)")
 

@@ -1,4 +1,5 @@
-"""`llmad numeric --method moment|lagllama|lstm-ae|iforest|rf|hgb --data SPEC [--shots N] [--finetune none|probe|lora]`,
+"""`llmad numeric --method moment|lagllama|lstm-ae|iforest|rf|hgb|duallmad --data SPEC [--shots N]
+[--finetune none|probe|lora]`,
 `llmad pretrain moment --data SPEC [--data SPEC ...] --out DIR` and `llmad windows-text --data SPEC --out FILE.csv`.
 
 The numeric track: metric windows from Nezha TrainTicket, SMD, ASD or a CSV, one detector contract, thresholds

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "lstm-ae": "llmad.detectors.windows:LSTMAEDetector",
     "moment": "llmad.detectors.moment:MomentDetector",
     "lagllama": "llmad.detectors.lagllama:LagLlamaDetector",
+    "duallmad": "llmad.detectors.duallmad:DualLMADDetector",
     "nll": "llmad.detectors.nll.detector:NLLDetector",
     "proto": "llmad.detectors.proto:ProtoDetector",
     "window-nll": "llmad.detectors.nll.detector:WindowNLLDetector",

@@ -1,5 +1,6 @@
 """Time-series anomaly metrics on per-point scores: point-wise P/R/F1, PR-AUC, ROC-AUC, FPR at 95% recall,
-event-level recall and detection delay, and (clearly labelled) point-adjusted F1.
+event-level recall, event F1 and detection delay, VUS-PR (TSB-AD's definition), and (clearly labelled)
+point-adjusted F1.
 
 Point adjustment (Xu et al., 2018) marks a whole labelled segment detected when any one of its points is
 flagged. It inflates scores a lot (random scores reach high PA-F1 on SMD, Kim et al. AAAI'22), so it is
@@ -87,9 +88,10 @@ def _f1(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def ts_report(labels: Sequence[int], scores: Sequence[float], threshold: float,
               event_ids: np.ndarray | None = None, event_types: dict[int, str] | None = None,
-              tolerance: int = 0, step_seconds: float | None = None) -> dict[str, Any]:
+              tolerance: int = 0, step_seconds: float | None = None, vus_window: int | None = 100) -> dict[str, Any]:
     """Everything for one detector on one test part: point metrics at the validation ``threshold``, AUCs,
-    FPR@95% recall, event recall/delay (overall and per type), and the labelled point-adjusted F1."""
+    VUS-PR (sliding window ``vus_window``; None skips it), FPR@95% recall, event recall/F1/delay (overall and per
+    type), and the labelled point-adjusted F1."""
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=float)
     if len(y) != len(s):
@@ -101,9 +103,13 @@ def ts_report(labels: Sequence[int], scores: Sequence[float], threshold: float,
     rep.pop("accuracy", None)
     rep["predicted_positive_rate"] = float(pred.mean()) if len(pred) else float("nan")
     rep["score_std"] = float(s.std()) if len(s) else float("nan")
+    if vus_window:
+        rep["vus_pr"] = vus_pr(y, s, vus_window)
+        rep["vus_window"] = int(vus_window)
     if event_ids is not None:
         rep["event"] = event_metrics(y, pred, event_ids, event_types, tolerance=tolerance,
                                      step_seconds=step_seconds)
+        rep["event"]["event_f1"] = event_f1(y, pred)
         if event_types:
             rep["per_type"] = per_type_point_metrics(y, s, pred, np.asarray(event_ids), event_types)
     rep["point_adjusted_INFLATED"] = {
@@ -184,3 +190,107 @@ def validation_warning(labels: np.ndarray, event_ids: np.ndarray) -> str | None:
     return (f"the validation part has {n} points and {events} anomalous event(s) "
             f"(fewer than {MIN_VALIDATION_POINTS} / {MIN_VALIDATION_EVENTS}): a threshold chosen on it may not "
             f"transfer to test; consider --threshold contamination:Q or val-robust")
+
+
+# ---------------------------------------------------------------------------------------------- TSB-AD metrics
+def find_period(values: np.ndarray, default: int = 125) -> int:
+    """TSB-AD's sliding window (``find_length_rank``, rank 1): the lag of the highest local maximum of the
+    autocorrelation (lags 3..400) of the first 20,000 points of a univariate series; ``default`` when none lies in
+    [3, 300]."""
+    x = np.asarray(values, dtype=float).reshape(-1)[:20000]
+    x = x[np.isfinite(x)]
+    if len(x) < 10 or x.std() == 0:
+        return default
+    x = x - x.mean()
+    n = len(x)
+    f = np.fft.rfft(x, n=2 * n)
+    ac = np.fft.irfft(f * np.conj(f))[:min(401, n)]
+    ac = ac / ac[0]
+    base = 3
+    a = ac[base:]
+    peaks = np.flatnonzero((a[1:-1] > a[:-2]) & (a[1:-1] > a[2:])) + 1
+    if not len(peaks):
+        return default
+    best = int(peaks[np.argmax(a[peaks])])
+    return best + base if 3 <= best <= 300 else default
+
+
+def _segments(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) of each run of 1s."""
+    d = np.diff(np.concatenate([[0], labels.astype(int), [0]]))
+    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1))
+
+
+def _merged(segs: list[tuple[int, int]], half: int, n: int) -> list[tuple[int, int]]:
+    """Segments widened by ``half`` on each side (clipped), overlapping ones merged (TSB-AD's ``new_sequence``)."""
+    out: list[list[int]] = []
+    for s, e in segs:
+        a, b = max(s - half, 0), min(e + half, n - 1)
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def vus_pr(labels: Sequence[int], scores: Sequence[float], sliding_window: int = 100, thresholds: int = 250) -> float:
+    """VUS-PR as TSB-AD defines it (Paparrizos et al. VLDB'22; TSB-AD ``get_metrics``: ``generate_curve(labels,
+    score, 2 * slidingWindow)``): the range-PR AUC averaged over buffer widths w = 0 .. 2*sliding_window, where each
+    labelled segment gets a soft sqrt-decaying buffer of w/2 points on both sides, recall is weighted by the share of
+    buffered segments hit (existence), and ``thresholds`` score quantiles trace the curve.
+
+    Equal to TSB-AD's ``RangeAUC_volume_opt`` (re-derived in closed form: TP = flagged labelled points + buffer
+    weight of flagged buffer points); NaN when there is no labelled point. Use ``find_period`` on the series for
+    TSB-AD's sliding window."""
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=float)
+    n, P = len(y), int(y.sum())
+    if P == 0 or n == 0:
+        return float("nan")
+    seq = _segments(y)
+    order = np.sort(s)[::-1]
+    thr = order[np.linspace(0, n - 1, thresholds).astype(int)]
+    n_pred = np.array([(s >= t).sum() for t in thr], dtype=float)
+    pos_sorted = np.sort(s[y == 1])
+    tp0 = P - np.searchsorted(pos_sorted, thr, side="left")  # labelled points with score >= t
+    aps = []
+    for w in range(0, 2 * sliding_window + 1):
+        half = w // 2
+        ramp = np.zeros(n)
+        for a, b in seq:
+            x1 = np.arange(b + 1, min(b + half + 1, n))
+            ramp[x1] += np.sqrt(1 - (x1 - b) / w) if len(x1) else 0.0
+            x2 = np.arange(max(a - half, 0), a)
+            ramp[x2] += np.sqrt(1 - (a - x2) / w) if len(x2) else 0.0
+        ramp = np.minimum(ramp, 1.0)
+        ramp[y == 1] = 0.0
+        idx = np.flatnonzero(ramp > 0)
+        if len(idx):
+            o = np.argsort(-s[idx])
+            rs, rw = s[idx][o], np.cumsum(ramp[idx][o])
+            k = np.searchsorted(-rs, -thr, side="right")  # ramp points with score >= t
+            R = np.where(k > 0, rw[np.maximum(k - 1, 0)], 0.0)
+        else:
+            R = np.zeros(len(thr))
+        L = _merged(seq, half, n)
+        seg_max = np.array([s[a:b + 1].max() for a, b in L])
+        existence = (seg_max[None, :] >= thr[:, None]).sum(axis=1) / len(L)
+        tp = tp0 + R
+        p_new = P + R / 2
+        tpr = np.minimum(tp / p_new, 1.0) * existence
+        prec = tp / n_pred
+        aps.append(float(np.sum(np.diff(np.concatenate([[0.0], tpr])) * prec)))
+    return float(np.mean(aps))
+
+
+def event_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """Event-based F1 as TSB-AD reports it (the composite F1 of Garg et al.): harmonic mean of event recall (a
+    labelled segment counts when any of its points is flagged) and point precision, here at a given threshold."""
+    y = np.asarray(labels).astype(int)
+    p = np.asarray(predictions).astype(int)
+    segs = _segments(y)
+    if not segs:
+        return float("nan")
+    rec = float(np.mean([p[a:b + 1].any() for a, b in segs]))
+    prec = float(((p == 1) & (y == 1)).sum() / p.sum()) if p.sum() else 0.0
+    return 2 * rec * prec / (rec + prec) if rec + prec else 0.0

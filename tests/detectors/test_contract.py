@@ -4,7 +4,8 @@ For each kind in ``llmad.detectors.base.KINDS``: params round-trip through the c
 sets ``threshold_`` from validation only; scores are finite and higher on an easy planted anomaly;
 ``predict == score >= threshold_``; ``save`` then ``llmad.detectors.load`` gives identical scores; ``detector.json``
 names the registered kind. A kind registered without a case here fails ``test_every_kind_has_a_case``.
-Models are tiny and built here (tiny BERT, small MOMENT and Lag-Llama); ICL runs the offline SmolLM2-135M.
+Models are tiny and built here (tiny BERT, small MOMENT and Lag-Llama, a 2-layer Llama for DualLMAD); ICL runs
+the offline SmolLM2-135M.
 """
 from __future__ import annotations
 
@@ -180,6 +181,21 @@ def tiny_lagllama(work: Path):
     return LagLlamaDetector(model=str(ckpt))
 
 
+def tiny_duallmad(work: Path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmad.detectors.duallmad import DualLMADDetector
+
+    path = work.parent / "tiny-duallmad-llama"
+    if not (path / "config.json").is_file():
+        torch.manual_seed(7)
+        LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+                         ).save_pretrained(str(path))
+    return DualLMADDetector(backbone=str(path), steps=40, stage2_steps=10, batch_size=16, lr=1e-2, device="cpu")
+
+
 def tiny_window_nll(work: Path):
     from llmad.detectors.nll.config import NLLConfig
     from llmad.detectors.nll.detector import WindowNLLDetector
@@ -202,6 +218,7 @@ def window_cases() -> dict[str, list[tuple[str, Case]]]:
             hidden=8, epochs=10, max_steps=60, batch_size=16, lr=1e-2), rtol=1e-5))],
         "moment": [("probe", window_case("moment", tiny_moment, rtol=1e-4))],
         "lagllama": [("tiny", window_case("lagllama", tiny_lagllama, rtol=1e-4))],
+        "duallmad": [("tiny-llama", window_case("duallmad", tiny_duallmad, rtol=1e-5))],
         "window-nll": [("tiny", window_case("window-nll", tiny_window_nll, rtol=1e-5))],
     }
 
