@@ -75,6 +75,8 @@ OWN: dict[str, tuple[str, ...]] = {
     "watch": ("--alerts", "--state", "--format", "--follow", "--poll", "--idle-exit", "--batch-lines", "--max-runs",
               "--checkpoint-s"),
     "numeric": ("--finetune", "--test-types"),
+    "transfer": ("--offline-fraction", "--new-days", "--n-clusters", "--alpha", "--distance-threshold",
+                 "--transfer-steps", "--base-steps"),
     "pretrain moment": ("--seq-len", "--d-model", "--layers", "--heads", "--mask-ratio"),
     "compare": ("--set",),
 }

@@ -184,3 +184,77 @@ def validation_warning(labels: np.ndarray, event_ids: np.ndarray) -> str | None:
     return (f"the validation part has {n} points and {events} anomalous event(s) "
             f"(fewer than {MIN_VALIDATION_POINTS} / {MIN_VALIDATION_EVENTS}): a threshold chosen on it may not "
             f"transfer to test; consider --threshold contamination:Q or val-robust")
+
+
+# ---------------------------------------------------------------------------------------------- VUS-PR, event F1
+def _segments(labels: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of every run of 1s (inclusive ends, as TSB-AD's ``range_convers_new``)."""
+    y = np.asarray(labels).astype(int)
+    d = np.diff(np.concatenate([[0], y, [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), (np.flatnonzero(d == -1) - 1).tolist()))
+
+
+def _merged(seq: list[tuple[int, int]], window: int, n: int) -> list[tuple[int, int]]:
+    """Segments widened by ``window // 2`` on both sides, overlapping ones merged (TSB-AD's ``new_sequence``)."""
+    h = window // 2
+    out, a = [], max(seq[0][0] - h, 0)
+    for (s0, e0), (s1, _) in zip(seq[:-1], seq[1:]):
+        if e0 + h < s1 - h:
+            out.append((a, e0 + h))
+            a = s1 - h
+    out.append((a, min(seq[-1][1] + h, n - 1)))
+    return out
+
+
+def vus_pr(labels: Sequence[int], scores: Sequence[float], sliding_window: int = 100, n_thresholds: int = 250
+           ) -> float:
+    """VUS-PR (Paparrizos et al., PVLDB'22) as TSB-AD's ``get_metrics`` computes it: range-based precision/recall
+    with labels softened over a buffer, averaged over buffer widths 0..2*``sliding_window`` and 250 score-quantile
+    thresholds. NaN when the labels hold no anomaly. A vectorised re-implementation (same definition)."""
+    y = np.asarray(labels).astype(float)
+    s = np.asarray(scores, dtype=float)
+    if len(y) != len(s):
+        raise ValueError(f"{len(y)} labels for {len(s)} scores")
+    if y.sum() == 0 or len(y) < 2:
+        return float("nan")
+    n, size = len(y), 2 * int(sliding_window)
+    seq = _segments(y)
+    P = float(y.sum())
+    ranked = -np.sort(-s)
+    thr = ranked[np.linspace(0, n - 1, n_thresholds).astype(int)]
+    pred = (s[None, :] >= thr[:, None]).astype(float)  # (thresholds, n)
+    n_pred = pred.sum(axis=1)
+    csum = np.concatenate([np.zeros((len(thr), 1)), np.cumsum(pred, axis=1)], axis=1)
+    ap = np.zeros(size + 1)
+    for w in range(size + 1):
+        ext = y.copy()
+        h = w // 2
+        for a, b in seq:  # sqrt-decaying soft labels around each segment (TSB-AD's ``sequencing``)
+            x1 = np.arange(b + 1, min(b + h + 1, n))
+            ext[x1] += np.sqrt(1 - (x1 - b) / w)
+            x2 = np.arange(max(a - h, 0), a)
+            ext[x2] += np.sqrt(1 - (a - x2) / w)
+        ext = np.minimum(ext, 1.0)
+        L = _merged(seq, w, n)
+        # inside the buffer a predicted point earns its soft label; the labelled segments count fully
+        tp = pred @ ext
+        n_labels = pred @ (ext * (1 - y)) + P
+        existence = sum((csum[:, min(b, n - 1) + 1] - csum[:, a]) > 0 for a, b in L) / len(L)
+        p_new = (P + n_labels) / 2
+        tpr = np.minimum(tp / p_new, 1.0) * existence
+        prec = tp / n_pred
+        tpr_all = np.concatenate([[0.0], tpr])
+        ap[w] = float(np.dot(tpr_all[1:] - tpr_all[:-1], prec))
+    return float(ap.mean())
+
+
+def event_f1(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """Event-based F1 as TSB-AD's ``metric_EventF1PA`` at one threshold: event recall (an event is found when any
+    of its points is flagged) with point precision."""
+    y = np.asarray(labels).astype(int)
+    p = np.asarray(predictions).astype(int)
+    seq = _segments(y)
+    rec = float(np.mean([p[a:b + 1].any() for a, b in seq])) if seq else float("nan")
+    prec = _f1(y, p)["precision"]
+    f = 2 * rec * prec / (rec + prec) if seq and rec + prec > 0 else 0.0
+    return {"event_recall": rec, "point_precision": prec, "event_f1": f}

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from llmad.api.icl import ICLRun
 from llmad.api.nll import NLLRunConfig
 from llmad.api.numeric import NumericConfig
+from llmad.api.transfer import TransferConfig
 from llmad.api.sft import SFTRunConfig
 from llmad.cli import app
 from llmad.cli.options import ConfigCommand, bindings, cli_fields, config_options
@@ -43,6 +44,7 @@ COMMANDS = {
     "replay": {StreamConfig, RunOptions},
     "watch": {StreamConfig},
     "numeric": {NumericConfig, RunOptions},
+    "transfer": {TransferConfig, RunOptions},
     "compare": {RunOptions},
     "pretrain moment": {RunOptions},
 }
@@ -70,6 +72,7 @@ COMMAND_ONLY = {
     "watch": {"path", "model", "alerts", "state", "fmt", "follow", "poll", "idle_exit", "batch_lines", "max_runs",
               "checkpoint_s", "columns"},
     "numeric": set(),
+    "transfer": set(),
 }
 # Commands without a config class: all their options are their own.
 NO_CONFIG = {"windows-text", "data info", "data list", "data fetch", "data import"}
