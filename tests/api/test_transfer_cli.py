@@ -65,3 +65,17 @@ def test_transfer_bad_input_is_one_line_exit_2(tmp_path, capsys):
         argv = ["transfer", "--data", f"csv:{data}", *argv, "--out", str(tmp_path / f"o{len(msg)}")]
         code, cap = _run(argv, capsys)
         assert code == 2 and msg in cap.err and "Traceback" not in cap.err, cap.err
+
+
+def test_threshold_falls_back_to_pooled_validation():
+    from llmad.api.transfer import evaluate
+
+    rng = np.random.default_rng(0)
+    y = np.zeros(200, int)
+    y[50:60] = 1
+    s = rng.random(200) + 2 * y
+    recs = {"a": {"val_y": y, "val_s": s, "test_y": y, "test_s": s},
+            "b": {"val_y": np.zeros(200, int), "val_s": rng.random(200), "test_y": y, "test_s": s}}
+    evaluate({"transfer": recs}, vus_window=5)
+    assert recs["a"]["threshold_source"] == "own validation" and recs["b"]["threshold_source"] == "pooled validation"
+    assert recs["a"]["metrics"]["f1"] == 1.0 and recs["b"]["metrics"]["event_recall"] == 1.0
