@@ -97,10 +97,15 @@ def cmd_run(args) -> None:
     path = RESULTS / "omnitransfer.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     runs = dict(old.get("runs", {}))
+    t_start = time.time()
     for name, cfg in RUNS.items():
         if args.only and name not in args.only:
             continue
         cfg = dict(cfg)
+        if time.time() - t_start > args.budget_s:  # the lock is shared: stop starting runs past the budget
+            runs.setdefault(name, {"config": cfg, "status": "not run",
+                                   "error": f"skipped: the bench's {args.budget_s:.0f} s budget was spent"})
+            continue
         if cfg["method"] not in METHODS:
             runs[name] = {"config": cfg, "status": "not run", "error": f"{cfg['method']} is not in this build"}
             continue
@@ -227,6 +232,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--only", nargs="*", default=None)
+    r.add_argument("--budget-s", type=float, default=1800.0, help="start no run after this many seconds")
     sub.add_parser("report")
     args = ap.parse_args()
     {"run": cmd_run, "report": cmd_report}[args.cmd](args)
