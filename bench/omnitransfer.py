@@ -163,7 +163,7 @@ def cmd_report(args) -> None:
     s = overall(runs)
     L = ["# OmniTransfer vs per-entity training from scratch", "",
          "`bench/omnitransfer.py` (`llmad transfer`). OmniTransfer (Sun et al.): half of each dataset's entities "
-         "(seeded draw, seed 0) are offline: their first day of train data is clustered by W-HAC into 2 clusters, "
+         "(a seeded draw: runs without a suffix use seed 0, `@seedN` seed N, which also seeds training) are offline: their first day of train data is clustered by W-HAC into 2 clusters, "
          "and one base model per cluster trains on the 3 members nearest the centroid (their whole train parts). "
          "The other half are new entities with short data only: their first day of train points (SMD: 1,440 "
          "points; ASD: 288 points at 5 min; Nezha: the first 120 minutes of each service). Each is matched to the "
