@@ -12,7 +12,7 @@ import typer
 from llmad.cli.apps import app, data_app
 
 # One module per concern; each adds its commands to `app` (or `data_app`) on import, in this order (`llmad --help`).
-from llmad.cli import data, jobs, render, baseline, sft, icl, nll, stream, numeric, adapt, compare  # noqa: F401
+from llmad.cli import data, jobs, render, baseline, sft, icl, nll, stream, numeric, adapt, transfer, compare  # noqa: F401
 
 __all__ = ["app", "data_app", "main", "show_named_warnings"]
 

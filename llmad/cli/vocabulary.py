@@ -18,8 +18,8 @@ VOCABULARY: dict[str, str] = {
     "--part": "which part is used: `train`, `validation` or `test`",
     "--test-workflow": "the unseen workflow of `--split workflow`",
     "--seed": "seed of the split, of every seeded sample and of training",
-    "--limit": "sample size of what is scored: N jobs (replay: runs; numeric: series; windows-text, "
-               "pretrain: windows), seeded",
+    "--limit": "sample size of what is scored: N jobs (replay: runs; numeric: series; transfer: entities; "
+               "windows-text, pretrain: windows), seeded",
     "--train-limit": "sample size of what a method learns from (train jobs, runs or tuning examples), seeded",
     "--val-limit": "sample size of the validation part that picks the threshold, seeded",
     "--model": "model: offline alias, hub id or folder; a saved detector (a run folder works too)",
@@ -77,6 +77,8 @@ OWN: dict[str, tuple[str, ...]] = {
     "numeric": ("--finetune", "--test-types"),
     "adapt": ("--target", "--sources", "--methods", "--source-jobs", "--shot-jobs", "--full-jobs", "--unlabeled-jobs",
               "--source-model", "--tree", "--save-models"),
+    "transfer": ("--offline-fraction", "--new-days", "--n-clusters", "--alpha", "--distance-threshold",
+                 "--transfer-steps", "--base-steps"),
     "pretrain moment": ("--seq-len", "--d-model", "--layers", "--heads", "--mask-ratio"),
     "compare": ("--set",),
 }

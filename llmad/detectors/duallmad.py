@@ -285,6 +285,8 @@ class DualLMADDetector(WindowDetector):
         self.stage2_losses_: dict[str, list[float]] = {}
         if self.stage2 and isinstance(train, WindowSet) and n:
             self._stage2(train, rng, dev)
+        # every optimizer step of this fit, stage 2 included (what a transfer's cost counts)
+        self.train_steps_ = len(self.losses_) + sum(len(v) for v in self.stage2_losses_.values())
         self.model_.eval()
         self.channel_stats_ = None
         if self.score_reduce == "max-z" and n:

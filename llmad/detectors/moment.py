@@ -111,6 +111,8 @@ class MomentDetector(WindowDetector):
     name = "moment"
     kind = "moment"
     zero_shot_ok = True
+    # OmniTransfer's partial transfer keeps these (patch embedding + transformer encoder) from a base model
+    generic_prefixes: tuple[str, ...] = ("patch_embedding.", "encoder.")
 
     def __init__(self, model: str = DEFAULT_MODEL, finetune: str = "none", epochs: int = 1, max_steps: int = 200,
                  batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.0, lora_r: int = 8,
@@ -157,6 +159,13 @@ class MomentDetector(WindowDetector):
             p.requires_grad = n.startswith("head.") or (self.finetune == "lora" and "lora_" in n)
         return [p for p in self.model_.parameters() if p.requires_grad]
 
+    def fresh_model(self):
+        """The base MOMENT as loaded before any fine-tuning (OmniTransfer's partial transfer starts here)."""
+        other = type(self)(**self.get_params())
+        other._load()
+        other._trainable()
+        return other.model_
+
     def _autocast(self):
         import contextlib
 
@@ -168,13 +177,17 @@ class MomentDetector(WindowDetector):
 
     # -- fit / score -----------------------------------------------------------------------------------------
     def _fit(self, train: WindowSet) -> None:
-        self._load()
+        # warm start (OmniTransfer): a model the caller set is kept, and only its requires_grad tensors train
+        warm = getattr(self, "model_", None) is not None
+        if not warm:
+            self._load()
         self.train_steps_ = 0
         if self.finetune == "none" or len(train) == 0:
             self.model_.eval()
             return
         x = check_finite(as_windows(train))
-        self.losses_ = train_reconstruction(self.model_, x, params=self._trainable(), steps=self.max_steps,
+        params = [p for p in self.model_.parameters() if p.requires_grad] if warm else self._trainable()
+        self.losses_ = train_reconstruction(self.model_, x, params=params, steps=self.max_steps,
                                             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                             mask_ratio=self.mask_ratio, masked_loss_only=False, seed=self.seed,
                                             device=self.device_, autocast=self._autocast)
@@ -283,7 +296,7 @@ def train_reconstruction(model, x: np.ndarray, params: Sequence, steps: int = 20
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if log_every and len(losses) % log_every == 0:
                 print(f"step {len(losses)} loss {np.mean(losses[-log_every:]):.4f}", flush=True)
             if len(losses) >= steps:

@@ -202,6 +202,8 @@ class LSTMAEDetector(WindowDetector):
 
     name = "lstm-ae"
     kind = "lstm-ae"
+    # OmniTransfer's partial transfer keeps these (the encoder) from a cluster's base model
+    generic_prefixes: tuple[str, ...] = ("enc.",)
 
     def __init__(self, hidden: int = 32, epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
                  max_steps: int = 400, seed: int = 0, device: str | None = None):
@@ -227,6 +229,13 @@ class LSTMAEDetector(WindowDetector):
 
         return _AE(n_features, self.hidden)
 
+    def fresh_model(self):
+        """A newly initialised autoencoder for this detector's features (OmniTransfer's partial transfer)."""
+        import torch
+
+        torch.manual_seed(self.seed)
+        return self._build(self.n_features_).to(self._dev())
+
     def _dev(self) -> str:
         from llmad.models.resolve import pick_device_dtype
 
@@ -238,10 +247,17 @@ class LSTMAEDetector(WindowDetector):
         torch_threads()
         torch.manual_seed(self.seed)
         x = check_finite(as_windows(train))
-        self.n_features_ = x.shape[2]
         dev = self._dev()
-        self.model_ = self._build(self.n_features_).to(dev)
-        opt = torch.optim.Adam(self.model_.parameters(), lr=self.lr)
+        if getattr(self, "model_", None) is not None:
+            # warm start (OmniTransfer): keep the model the caller set, train what has requires_grad
+            if x.shape[2] != self.n_features_:
+                raise LlmadError(f"lstm-ae warm start: the model has {self.n_features_} features, the windows "
+                                 f"{x.shape[2]}")
+            self.model_.to(dev)
+        else:
+            self.n_features_ = x.shape[2]
+            self.model_ = self._build(self.n_features_).to(dev)
+        opt = torch.optim.Adam([p for p in self.model_.parameters() if p.requires_grad], lr=self.lr)
         rng = np.random.default_rng(self.seed)
         steps, self.losses_ = 0, []
         self.model_.train()
@@ -252,12 +268,13 @@ class LSTMAEDetector(WindowDetector):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                self.losses_.append(float(loss))
+                self.losses_.append(float(loss.detach()))
                 steps += 1
                 if steps >= self.max_steps:
                     break
             if steps >= self.max_steps:
                 break
+        self.train_steps_ = steps
         self.model_.eval()
 
     def score_steps(self, items: Any) -> np.ndarray:

@@ -283,6 +283,14 @@ def vus_pr(labels: Sequence[int], scores: Sequence[float], sliding_window: int =
     return float(np.mean(aps))
 
 
+def event_recall(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """Share of labelled segments with at least one flagged point (NaN when there is none)."""
+    y = np.asarray(labels).astype(int)
+    p = np.asarray(predictions).astype(int)
+    segs = _segments(y)
+    return float(np.mean([p[a:b + 1].any() for a, b in segs])) if segs else float("nan")
+
+
 def event_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
     """Event-based F1 as TSB-AD reports it (the composite F1 of Garg et al.): harmonic mean of event recall (a
     labelled segment counts when any of its points is flagged) and point precision, here at a given threshold."""
@@ -291,6 +299,6 @@ def event_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
     segs = _segments(y)
     if not segs:
         return float("nan")
-    rec = float(np.mean([p[a:b + 1].any() for a, b in segs]))
+    rec = event_recall(y, p)
     prec = float(((p == 1) & (y == 1)).sum() / p.sum()) if p.sum() else 0.0
     return 2 * rec * prec / (rec + prec) if rec + prec else 0.0

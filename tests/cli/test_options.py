@@ -21,6 +21,7 @@ from llmad.api.adapt import AdaptConfig
 from llmad.api.icl import ICLRun
 from llmad.api.nll import NLLRunConfig
 from llmad.api.numeric import NumericConfig
+from llmad.api.transfer import TransferConfig
 from llmad.api.sft import SFTRunConfig
 from llmad.cli import app
 from llmad.cli.options import ConfigCommand, bindings, cli_fields, config_options
@@ -45,6 +46,7 @@ COMMANDS = {
     "watch": {StreamConfig},
     "numeric": {NumericConfig, RunOptions},
     "adapt": {AdaptConfig, RunOptions},
+    "transfer": {TransferConfig, RunOptions},
     "compare": {RunOptions},
     "pretrain moment": {RunOptions},
 }
@@ -74,6 +76,7 @@ COMMAND_ONLY = {
               "checkpoint_s", "columns"},
     "numeric": set(),
     "adapt": set(),
+    "transfer": set(),
 }
 # Commands without a config class: all their options are their own.
 NO_CONFIG = {"windows-text", "data info", "data list", "data fetch", "data import"}
