@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -25,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import in_child  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 MODELS = RESULTS / "duallmad" / "models"  # git-ignored by the bench/results/*/models/ rule
 OUT = RESULTS / "duallmad.json"
@@ -206,35 +208,17 @@ def _run_job(job: dict) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def _child(job: dict, q) -> None:
-    try:
-        q.put(("ok", run_job(job)))
-    except Exception as e:  # keep the benchmark going; the failure is recorded
-        import traceback
-
-        q.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-800:]}"))
-
-
 def _load() -> float:
     return os.getloadavg()[0]
 
 
 def run_one(job: dict, timeout: float = 900) -> dict:
     """One job in a fresh process; its rows, wall time and the machine load when it started."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(job, q))
-    t0, load = time.time(), _load()
-    p.start()
-    try:
-        status, payload = q.get(timeout=timeout)
-    except Exception:
-        p.kill()
-        status, payload = "error", f"timeout after {timeout}s"
-    p.join(5)
+    load = _load()
+    status, payload, wall = in_child(run_job, job, timeout)
     from llmad.models.resolve import pick_device_dtype
 
-    return {"job": job, "status": status, "wall_seconds": time.time() - t0, "load_1min_at_start": load,
+    return {"job": job, "status": status, "wall_seconds": wall, "load_1min_at_start": load,
             "device": f"{pick_device_dtype()[0]} ({platform.processor() or platform.machine()}, "
                       f"{threads_for(job)} torch threads)",
             "rows" if status == "ok" else "error": payload}

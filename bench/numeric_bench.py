@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -25,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import in_child  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 MODELS = RESULTS / "numeric" / "models"  # git-ignored by the bench/results/*/models/ rule
 os.environ.setdefault("LLMAD_TORCH_THREADS", "1")
@@ -42,29 +44,16 @@ PRETRAIN = {
 }
 
 
-def _child(cfg_dict: dict, q) -> None:
-    try:
-        from llmad.api.numeric import NumericConfig, run_numeric
+def _numeric(cfg_dict: dict) -> dict:
+    from llmad.api.numeric import NumericConfig, run_numeric
 
-        q.put(("ok", run_numeric(NumericConfig(**cfg_dict)).metrics))
-    except Exception as e:  # keep the benchmark going; the failure is recorded
-        q.put(("error", f"{type(e).__name__}: {e}"))
+    return run_numeric(NumericConfig(**cfg_dict)).metrics
 
 
 def run_one(cfg_dict: dict, timeout: float = 500) -> dict:
     """Run one config in a fresh process; return its metrics (or the error)."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(cfg_dict, q))
-    t0 = time.time()
-    p.start()
-    try:
-        status, payload = q.get(timeout=timeout)
-    except Exception:
-        p.kill()
-        status, payload = "error", f"timeout after {timeout}s"
-    p.join(5)
-    return {"config": cfg_dict, "status": status, "wall_seconds": time.time() - t0,
+    status, payload, wall = in_child(_numeric, cfg_dict, timeout)
+    return {"config": cfg_dict, "status": status, "wall_seconds": wall,
             "metrics" if status == "ok" else "error": payload}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -22,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import in_child  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 MODELS = RESULTS / "omnitransfer" / "models"  # git-ignored by the bench/results/*/models/ rule
 os.environ.setdefault("LLMAD_TORCH_THREADS", "1")
@@ -56,30 +58,17 @@ def _uptime() -> str:
         return "n/a"
 
 
-def _child(cfg: dict, q) -> None:
-    try:
-        from llmad.api.transfer import TransferConfig, run_transfer
+def _transfer(cfg: dict) -> dict:
+    from llmad.api.transfer import TransferConfig, run_transfer
 
-        q.put(("ok", run_transfer(TransferConfig(**cfg)).metrics))
-    except Exception as e:  # keep the benchmark going; the failure is recorded
-        q.put(("error", f"{type(e).__name__}: {e}"))
+    return run_transfer(TransferConfig(**cfg)).metrics
 
 
 def run_one(cfg: dict, timeout: float = 900) -> dict:
     """One config in a fresh process; its metrics or the error."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(cfg, q))
-    t0 = time.time()
     load = _uptime()
-    p.start()
-    try:
-        status, payload = q.get(timeout=timeout)
-    except Exception:
-        p.kill()
-        status, payload = "error", f"timeout after {timeout}s"
-    p.join(5)
-    return {"config": cfg, "status": status, "wall_seconds": time.time() - t0, "uptime_before": load,
+    status, payload, wall = in_child(_transfer, cfg, timeout)
+    return {"config": cfg, "status": status, "wall_seconds": wall, "uptime_before": load,
             "uptime_after": _uptime(), "device": "cpu (1 torch thread)",
             "metrics" if status == "ok" else "error": payload}
 
