@@ -192,7 +192,7 @@ def main() -> None:
                                            permutations=args.permutations, max_steps=5, train_limit=200,
                                            threshold="train-quantile:0.95", threshold_rows=32, progress=False))
         det.fit(sp.train, None)
-        old["speed"][f"{wf} (re-measured)"] = speed(det, subsample(sp.test, args.test_rows, args.seed), args.speed_rows)
+        old["speed"][f"{wf} (re-measured {time.strftime('%Y-%m-%d %H:%M')} UTC)"] = speed(det, subsample(sp.test, args.test_rows, args.seed), args.speed_rows)
         write(old["rows"], old["speed"], argparse.Namespace(**{**old["config"], "tag": args.tag}))
         return
     for wf in args.workflows:
