@@ -22,8 +22,8 @@ Where llmad differs from the paper:
   channels are reconstructed *better* during anomalies (bench/asd_auc_probe.py).
 
 Transfer protocol (used by OmniTransfer): the torch module is ``model_``; ``generic_prefixes`` name the backbone
-parameters; ``_fit`` keeps a ``model_`` set by the caller (warm start, its ``requires_grad`` flags respected) and
-optimises only parameters with ``requires_grad=True``.
+parameters; with ``warm_start=True`` ``_fit`` keeps a ``model_`` set by the caller (its ``requires_grad`` flags
+respected); every fit optimises only parameters with ``requires_grad=True``.
 """
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ class DualLMADDetector(WindowDetector):
                  pretrained: bool = True, stage2: bool = True, patch: int = 8, steps: int = 200,
                  stage2_steps: int = 60, batch_size: int = 32, lr: float = 1e-3, stage2_lr: float = 3e-3,
                  group_by: str = "prefix", stage2_windows: int = 512, score_reduce: str = "mean", seed: int = 0,
-                 device: str | None = None):
+                 device: str | None = None, warm_start: bool = False):
         if branches not in BRANCHES:
             raise LlmadError(f"duallmad branches {branches!r}: expected one of {', '.join(BRANCHES)}")
         if group_by not in GROUP_BY:
@@ -212,6 +212,7 @@ class DualLMADDetector(WindowDetector):
         self.stage2, self.patch, self.steps, self.stage2_steps = stage2, patch, steps, stage2_steps
         self.batch_size, self.lr, self.stage2_lr, self.group_by = batch_size, lr, stage2_lr, group_by
         self.stage2_windows, self.score_reduce, self.seed, self.device = stage2_windows, score_reduce, seed, device
+        self.warm_start = warm_start
         self.name = "duallmad" + ("" if branches == "both" else f"-{branches}") + \
             ("" if stage2 else "-nostage2") + ("" if pretrained else "-randominit") + \
             ("" if score_reduce == "mean" else f"-{score_reduce}")
@@ -265,7 +266,7 @@ class DualLMADDetector(WindowDetector):
             arr = check_finite(as_windows(train))
             (n, L, F), batch = arr.shape, (lambda rows: arr[rows])
         dev = self._dev()
-        if getattr(self, "model_", None) is None:
+        if not self.warm_start or getattr(self, "model_", None) is None:
             self.model_ = self._build(L, F, self.pretrained).to(dev)
             self._freeze_backbones()
         elif (self.model_.L, self.model_.F) != (L, F):

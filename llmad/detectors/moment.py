@@ -116,12 +116,14 @@ class MomentDetector(WindowDetector):
 
     def __init__(self, model: str = DEFAULT_MODEL, finetune: str = "none", epochs: int = 1, max_steps: int = 200,
                  batch_size: int = 64, lr: float = 1e-3, mask_ratio: float = 0.0, lora_r: int = 8,
-                 lora_blocks: int = 2, seed: int = 0, device: str | None = None, score_batch: int = 512):
+                 lora_blocks: int = 2, seed: int = 0, device: str | None = None, score_batch: int = 512,
+                 warm_start: bool = False):
         if finetune not in FINETUNE:
             raise LlmadError(f"--finetune {finetune!r}: expected one of {', '.join(FINETUNE)}")
         self.model, self.finetune, self.epochs, self.max_steps = model, finetune, epochs, max_steps
         self.batch_size, self.lr, self.mask_ratio, self.lora_r = batch_size, lr, mask_ratio, lora_r
         self.lora_blocks, self.seed, self.device, self.score_batch = lora_blocks, seed, device, score_batch
+        self.warm_start = warm_start
         self.name = "moment" if finetune == "none" else f"moment-{finetune}"
 
     # -- model ---------------------------------------------------------------------------------------------
@@ -177,8 +179,8 @@ class MomentDetector(WindowDetector):
 
     # -- fit / score -----------------------------------------------------------------------------------------
     def _fit(self, train: WindowSet) -> None:
-        # warm start (OmniTransfer): a model the caller set is kept, and only its requires_grad tensors train
-        warm = getattr(self, "model_", None) is not None
+        # warm start (sklearn's name; OmniTransfer sets it): model_ is kept, only its requires_grad tensors train
+        warm = self.warm_start and getattr(self, "model_", None) is not None
         if not warm:
             self._load()
         self.train_steps_ = 0

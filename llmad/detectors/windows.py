@@ -206,9 +206,9 @@ class LSTMAEDetector(WindowDetector):
     generic_prefixes: tuple[str, ...] = ("enc.",)
 
     def __init__(self, hidden: int = 32, epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
-                 max_steps: int = 400, seed: int = 0, device: str | None = None):
+                 max_steps: int = 400, seed: int = 0, device: str | None = None, warm_start: bool = False):
         self.hidden, self.epochs, self.batch_size, self.lr = hidden, epochs, batch_size, lr
-        self.max_steps, self.seed, self.device = max_steps, seed, device
+        self.max_steps, self.seed, self.device, self.warm_start = max_steps, seed, device, warm_start
 
     def _build(self, n_features: int):
         import torch
@@ -248,8 +248,8 @@ class LSTMAEDetector(WindowDetector):
         torch.manual_seed(self.seed)
         x = check_finite(as_windows(train))
         dev = self._dev()
-        if getattr(self, "model_", None) is not None:
-            # warm start (OmniTransfer): keep the model the caller set, train what has requires_grad
+        if self.warm_start and getattr(self, "model_", None) is not None:
+            # warm start (sklearn's name; OmniTransfer sets it): keep model_, train what has requires_grad
             if x.shape[2] != self.n_features_:
                 raise LlmadError(f"lstm-ae warm start: the model has {self.n_features_} features, the windows "
                                  f"{x.shape[2]}")

@@ -132,6 +132,7 @@ def test_warm_start_keeps_the_given_model_and_its_frozen_layers(fitted, tiny_lla
 
     tr, va, _ = sets
     det = _det(tiny_llama, steps=5, stage2=False)
+    det.warm_start = True
     det.model_ = copy.deepcopy(fitted.model_)
     for n, p in det.model_.named_parameters():
         p.requires_grad = not n.startswith(det.generic_prefixes)
@@ -143,6 +144,9 @@ def test_warm_start_keeps_the_given_model_and_its_frozen_layers(fitted, tiny_lla
     assert all(np.array_equal(before[n].numpy(), after[n].detach().numpy()) for n in before
                if n.startswith(det.generic_prefixes))
     assert not np.array_equal(before["t_in.weight"].numpy(), after["t_in.weight"].detach().numpy())
+    det.warm_start = False  # a plain fit starts over, as sklearn's does
+    det.fit(tr, va)
+    assert det.model_ is not given
 
 
 def test_bad_options(tiny_llama, sets):

@@ -82,8 +82,11 @@ def test_full_transfer_warm_starts_from_the_base(base):
     assert info["steps"] == 5 and full.train_steps_ == 5
     assert full.losses_[0] < 0.6 * fresh.losses_[0]  # step 0 already near the base model's loss
     assert distance_score(full, tr) < distance_score(fresh, tr)
-    # the base itself is untouched
+    # the base itself is untouched, and the adapted detector refits from scratch like any other
     assert all(p.requires_grad for p in det.model_.parameters())
+    assert not full.warm_start and not det.warm_start
+    kept = full.model_
+    assert full.fit(tr).model_ is not kept
 
 
 def test_partial_transfer_loads_only_generic_layers_then_trains_all(base):

@@ -3,7 +3,8 @@ follows the transfer protocol:
 
 - the torch module is ``detector.model_``; ``generic_prefixes`` names the parameters of its generic layers
   (the LSTM encoder, MOMENT's patch embedding and encoder);
-- ``_fit`` warm-starts: a ``model_`` set before ``fit`` is kept and only its ``requires_grad`` tensors train;
+- with ``warm_start=True`` (sklearn's name; ``adapt`` sets it on its copy) ``_fit`` keeps the ``model_`` set before
+  ``fit`` and trains only its ``requires_grad`` tensors; a plain ``fit`` starts over, as sklearn's does;
 - ``max_steps`` caps optimizer steps (``epochs`` is lifted so the step count decides); ``train_steps_`` is set;
 - optional ``fresh_model()``: a newly initialised module (else non-generic submodules are reset in a copy).
 
@@ -108,6 +109,7 @@ def adapt(base: Any, train: Any, mode: str, steps: int, seed: int = 0) -> tuple[
     trainable = trainable_names(base.model_)
     det = copy.deepcopy(base)
     det.threshold_ = None
+    det.warm_start = True  # fit() keeps the model_ set here (a plain fit starts over)
     t0 = time.perf_counter()
     phases = []
     if mode == "full":
@@ -133,4 +135,5 @@ def adapt(base: Any, train: Any, mode: str, steps: int, seed: int = 0) -> tuple[
         done += k
         log.append({"phase": label, "steps": k, "trainable_tensors": len(names)})
     _set_trainable(det.model_, trainable)
+    det.warm_start = False  # the adapted detector behaves like any other from here on
     return det, {"mode": mode, "steps": done, "seconds": time.perf_counter() - t0, "phases": log}
