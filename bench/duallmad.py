@@ -67,17 +67,10 @@ def job_key(j: dict) -> str:
 # ------------------------------------------------------------------------------------------------ evaluation
 def entity_metrics(det, val_ws, test_ws) -> tuple[dict, list[dict]]:
     """Validation threshold, then per test series: point F1, VUS-PR, event F1/recall, PA-F1 (inflated), AUCs."""
-    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     from llmad.detectors.duallmad import entity_of
-    from llmad.metrics.timeseries import event_f1, find_period, point_adjust, vus_pr
-
-    def prf(y, p) -> dict:
-        tp, fp = int(((p == 1) & (y == 1)).sum()), int(((p == 1) & (y == 0)).sum())
-        fn = int(((p == 0) & (y == 1)).sum())
-        pr, rc = (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
-        return {"precision": pr, "recall": rc, "f1": 2 * pr * rc / (pr + rc) if pr + rc else 0.0}
+    from llmad.metrics.timeseries import event_f1, event_recall, find_period, point_adjust, point_f1, vus_pr
 
     vy = val_ws.point_labels()
     vs = det.score_points(val_ws)
@@ -97,10 +90,9 @@ def entity_metrics(det, val_ws, test_ws) -> tuple[dict, list[dict]]:
         pred = (s >= thr).astype(int)
         r = {"entity": entity_of(name), "points": int(len(y)), "anomalies": int(y.sum()), "threshold": thr_note}
         if y.sum():
-            starts = np.flatnonzero(np.diff(np.concatenate([[0], y])) == 1)
-            hit = point_adjust(y, pred)  # a segment is found iff its first point is flagged after adjustment
-            r.update({**prf(y, pred), "vus_pr": vus_pr(y, s, find_period(a[:, 0])), "event_f1": event_f1(y, pred),
-                      "event_recall": float(np.mean(hit[starts])), "pa_f1_INFLATED": prf(y, hit)["f1"],
+            r.update({**point_f1(y, pred), "vus_pr": vus_pr(y, s, find_period(a[:, 0])),
+                      "event_f1": event_f1(y, pred), "event_recall": event_recall(y, pred),
+                      "pa_f1_INFLATED": point_f1(y, point_adjust(y, pred))["f1"],
                       "roc_auc": float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")})
         rows.append(r)
     ty = test_ws.point_labels()

@@ -189,7 +189,9 @@ class _Method:
 
         one_class = labeled is not None and labeled["label"].nunique() < 2
         if self.name == "proto":
-            return copy.deepcopy(self.proto).adapt(unlabeled, labeled), ""
+            # adapt() replaces every fitted pairing attribute, so a shallow copy keeps the meta-trained detector
+            # reusable for the next k without copying its encoder (a deep copy duplicated MiniLM on every k)
+            return copy.copy(self.proto).adapt(unlabeled, labeled), ""
         if labeled is None and self.name in ("scratch", "trees"):
             return None, "needs labeled target runs"
         if self.name == "trees":
@@ -289,7 +291,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             per[name] = {"f1_full": None}
             continue
         small = [r for r in mine if r["k"] != "full" and r["k"] <= 2]
-        f1_k2 = max((r["f1"] for r in small if r["k"] == max(s["k"] for s in small)), default=0.0)
+        f1_k2 = max(small, key=lambda r: r["k"])["f1"] if small else 0.0  # the largest k <= 2 the method used
         # the cheapest adaptation (any k, full included) that reaches 95% of this method's own full-target F1
         hits = [r for r in mine if r["f1"] >= 0.95 * full["f1"]]
         best = min(hits, key=lambda r: r["adapt_s"])

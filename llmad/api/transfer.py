@@ -144,24 +144,16 @@ def make_detector(cfg: TransferConfig, steps: int, seed: int):
 def _point_metrics(y: np.ndarray, s: np.ndarray, thr: float, vus_window: int) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score
 
-    from llmad.metrics.timeseries import event_f1, event_recall, point_adjust, vus_pr
+    from llmad.metrics.timeseries import event_f1, event_recall, point_adjust, point_f1, vus_pr
 
     pred = (s >= thr).astype(int)
-
-    def f1(p: np.ndarray) -> tuple[float, float, float]:
-        tp, fp, fn = float(((p == 1) & (y == 1)).sum()), float(((p == 1) & (y == 0)).sum()), \
-            float(((p == 0) & (y == 1)).sum())
-        pr = tp / (tp + fp) if tp + fp else 0.0
-        rc = tp / (tp + fn) if tp + fn else 0.0
-        return pr, rc, (2 * pr * rc / (pr + rc) if pr + rc else 0.0)
-
-    p, r, f = f1(pred)
     has = 0 < y.sum() < len(y)
-    return {"f1": f, "precision": p, "recall": r,
+    return {**point_f1(y, pred),
             "pr_auc": float(average_precision_score(y, s)) if has else float("nan"),
             "vus_pr": vus_pr(y, s, sliding_window=vus_window) if has else float("nan"),
             "event_recall": event_recall(y, pred), "event_f1": event_f1(y, pred),
-            "pa_f1_INFLATED": f1(point_adjust(y, pred))[2], "positives": int(y.sum()), "points": int(len(y))}
+            "pa_f1_INFLATED": point_f1(y, point_adjust(y, pred))["f1"], "positives": int(y.sum()),
+            "points": int(len(y))}
 
 
 def evaluate(arms: dict[str, dict[str, dict[str, Any]]], vus_window: int) -> None:

@@ -77,7 +77,8 @@ def point_adjust(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     return adj
 
 
-def _f1(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def point_f1(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Point precision, recall and F1 of 0/1 predictions (0.0 where a ratio is undefined)."""
     tp = float(np.sum((p == 1) & (y == 1)))
     fp = float(np.sum((p == 1) & (y == 0)))
     fn = float(np.sum((p == 0) & (y == 1)))
@@ -115,7 +116,7 @@ def ts_report(labels: Sequence[int], scores: Sequence[float], threshold: float,
     rep["point_adjusted_INFLATED"] = {
         "note": "point-adjusted (a segment counts as found if any point is flagged); inflates random scores; "
                 "reported for comparison with published numbers only, never used for selection",
-        **_f1(y, point_adjust(y, pred)),
+        **point_f1(y, point_adjust(y, pred)),
     }
     return rep
 
@@ -131,7 +132,7 @@ def per_type_point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray, event
         m = (y == 0) | (types == t)
         yy, ss, pp = y[m], s[m], pred[m]
         both = 0 < yy.sum() < len(yy)
-        out[t] = {"positives": int(yy.sum()), **_f1(yy, pp),
+        out[t] = {"positives": int(yy.sum()), **point_f1(yy, pp),
                   "roc_auc": float(skm.roc_auc_score(yy, ss)) if both else float("nan"),
                   "pr_auc": float(skm.average_precision_score(yy, ss)) if both else float("nan")}
     return out
@@ -300,5 +301,5 @@ def event_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
     if not segs:
         return float("nan")
     rec = event_recall(y, p)
-    prec = float(((p == 1) & (y == 1)).sum() / p.sum()) if p.sum() else 0.0
+    prec = point_f1(y, p)["precision"]
     return 2 * rec * prec / (rec + prec) if rec + prec else 0.0
