@@ -194,6 +194,16 @@ def validation_warning(labels: np.ndarray, event_ids: np.ndarray) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- TSB-AD metrics
+def autocorrelation(values: np.ndarray, n_lags: int | None = None) -> np.ndarray:
+    """Autocorrelation of a 1-D series at lags 0 .. ``n_lags`` - 1 (all by default): FFT, mean removed, normalised
+    by lag 0; all zeros for a constant series."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    f = np.fft.rfft(x - x.mean(), n=2 * n)
+    a = np.fft.irfft(f * np.conj(f))[:min(n_lags or n, n)]
+    return a / a[0] if a[0] > 0 else np.zeros(len(a))
+
+
 def find_period(values: np.ndarray, default: int = 125) -> int:
     """TSB-AD's sliding window (``find_length_rank``, rank 1): the lag of the highest local maximum of the
     autocorrelation (lags 3..400) of the first 20,000 points of a univariate series; ``default`` when none lies in
@@ -202,11 +212,7 @@ def find_period(values: np.ndarray, default: int = 125) -> int:
     x = x[np.isfinite(x)]
     if len(x) < 10 or x.std() == 0:
         return default
-    x = x - x.mean()
-    n = len(x)
-    f = np.fft.rfft(x, n=2 * n)
-    ac = np.fft.irfft(f * np.conj(f))[:min(401, n)]
-    ac = ac / ac[0]
+    ac = autocorrelation(x, 401)
     base = 3
     a = ac[base:]
     peaks = np.flatnonzero((a[1:-1] > a[:-2]) & (a[1:-1] > a[2:])) + 1

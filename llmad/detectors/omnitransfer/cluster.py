@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from llmad.errors import LlmadError
+from llmad.metrics.timeseries import autocorrelation
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
@@ -69,19 +70,12 @@ def extract_baseline(x: np.ndarray, drop: float = 0.05, smooth: int = 5) -> np.n
     return (out - out.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
 
 
-def _acf(v: np.ndarray) -> np.ndarray:
-    n = len(v)
-    f = np.fft.rfft(v - v.mean(), 2 * n)
-    a = np.fft.irfft(f * np.conj(f))[:n]
-    return a / a[0] if a[0] > 0 else np.zeros(n)
-
-
 def detect_period(v: np.ndarray, min_lag: int = 3, acf_min: float = 0.3) -> int:
     """The period of a 1-D baseline: the lag of the highest local ACF peak above ``acf_min`` (lags ``min_lag`` to
     half the length); no such peak: the series length (aperiodic)."""
     v = np.asarray(v, dtype=float)
     n = len(v)
-    a = _acf(v)
+    a = autocorrelation(v)
     hi = n // 2
     if hi <= min_lag + 1:
         return n
