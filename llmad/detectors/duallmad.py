@@ -218,11 +218,6 @@ class DualLMADDetector(WindowDetector):
             ("" if score_reduce == "mean" else f"-{score_reduce}")
 
     # -- model ---------------------------------------------------------------------------------------------
-    def _dev(self) -> str:
-        from llmad.models.resolve import pick_device_dtype
-
-        return self.device or pick_device_dtype()[0]
-
     def _build(self, L: int, F: int, pretrained: bool):
         """A fresh DualNet for windows of ``L`` steps and ``F`` channels."""
         import torch

@@ -94,6 +94,12 @@ class WindowDetector(Detector):
             raise RuntimeError(f"{type(self).__name__} has no threshold_: fit with validation data first")
         return (self.score_points(ws) >= self.threshold_).astype(int)
 
+    def _dev(self) -> str:
+        """The torch device of a torch window detector: its ``device`` parameter, else CUDA when present."""
+        from llmad.models.resolve import pick_device_dtype
+
+        return getattr(self, "device", None) or pick_device_dtype()[0]
+
     def _write_meta(self, path: Path, extra: dict[str, Any] | None = None) -> None:
         write_detector_json(path, self.kind, {"params": self.get_params(), "threshold": self.threshold_,
                                               **(extra or {})})
@@ -235,11 +241,6 @@ class LSTMAEDetector(WindowDetector):
 
         torch.manual_seed(self.seed)
         return self._build(self.n_features_).to(self._dev())
-
-    def _dev(self) -> str:
-        from llmad.models.resolve import pick_device_dtype
-
-        return self.device or pick_device_dtype()[0]
 
     def _fit(self, train: WindowSet) -> None:
         import torch
