@@ -398,19 +398,25 @@ def speed_phase(args) -> None:
 
 
 def cot_phase(args) -> None:
-    """Chain-of-thought on a sample: rationales saved per job, the answer rates (written by the model / forced by
-    scoring the label words after an appended "Answer:"), answer accuracy, and score mode on the same rows."""
-    from sklearn.metrics import roc_auc_score
-
-    t0 = time.perf_counter()
+    """Chain-of-thought on a sample of the untuned model (4 balanced demonstrations): bench/results/icl_cot.*."""
     split, test, _ = load_split(args)
-    sub = test.iloc[:args.cot_rows]
-    before = machine(args)
     cfg = replace(base_cfg(args), shots=4, select="balanced", calibrate="none", mode="cot",
                   cot_max_new_tokens=args.cot_tokens)
     det = ICLDetector(config=cfg)
     det.fit(split.train, None)
-    out_f = RESULTS / "icl_cot_explanations.jsonl"
+    cot_run(args, det, split, test.iloc[:args.cot_rows], "icl_cot", "untuned")
+
+
+def cot_run(args, det: ICLDetector, split, sub: pd.DataFrame, name: str, model_note: str) -> dict:
+    """Rationales saved per job (resumable), the answer rates (written by the model / forced by scoring the label
+    words after an appended "Answer:"), answer accuracy, and score mode on the same rows and demonstrations:
+    bench/results/<name>.{md,json} and <name>_explanations.jsonl."""
+    from sklearn.metrics import roc_auc_score
+
+    t0 = time.perf_counter()
+    cfg = det.config
+    before = machine(args)
+    out_f = RESULTS / f"{name}_explanations.jsonl"
     done = [json.loads(x) for x in out_f.read_text().splitlines()] if out_f.is_file() and args.resume else []
     out_rows = list(done)
     for i in range(len(done), len(sub)):
@@ -433,10 +439,12 @@ def cot_phase(args) -> None:
     ok = parsed >= 0
     # Score mode (label-word log-probabilities, argmax) on the same rows and demonstrations: what CoT adds.
     score_det = ICLDetector(config=replace(cfg, mode="score")).fit(split.train, None, lm=det.lm_)
-    s = score_det.score(sub.iloc[:len(out_rows)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = score_det.score(sub.iloc[:len(out_rows)])
     both = 0 < y.sum() < len(y)
-    summary = {"rows": len(out_rows), "target_rows": args.cot_rows, "seed": args.seed, "shots": 4,
-               "select": "balanced", "template": args.template, "parse_rate": float(ok.mean()),
+    summary = {"rows": len(out_rows), "target_rows": len(sub), "seed": args.seed, "shots": cfg.shots,
+               "select": cfg.select, "template": cfg.template, "model": model_note, "parse_rate": float(ok.mean()),
                "parsed": int(ok.sum()), "explicit_answer_rate": float(np.mean(src == "generated")),
                "forced_answer_rate": float(np.mean(src == "forced")),
                "accuracy_on_parsed": float((parsed[ok] == y[ok]).mean()) if ok.any() else None,
@@ -446,23 +454,23 @@ def cot_phase(args) -> None:
                "score_mode_accuracy": float(((s >= 0).astype(int) == y).mean()),
                "score_mode_roc_auc": float(roc_auc_score(y, s)) if both else None,
                "repetition_penalty": cfg.repetition_penalty, "no_repeat_ngram": cfg.no_repeat_ngram,
-               "abnormal_rows": int(y.sum()), "max_new_tokens": args.cot_tokens,
+               "abnormal_rows": int(y.sum()), "max_new_tokens": cfg.cot_max_new_tokens,
                "seconds_per_job": float(np.mean([r["seconds"] for r in out_rows])),
-               "machine": before, "explanations": "bench/results/icl_cot_explanations.jsonl",
+               "machine": before, "explanations": f"bench/results/{name}_explanations.jsonl",
                "provenance": provenance()}
-    write_json(RESULTS / "icl_cot.json", summary)
+    write_json(RESULTS / f"{name}.json", summary)
 
     def fmt(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    md = ["# Chain-of-thought ICL (smollm2-135m, 4 shots balanced, greedy)", "",
+    md = [f"# Chain-of-thought ICL (smollm2-135m, {model_note}, {cfg.shots} shots {cfg.select}, greedy)", "",
           f"{summary['rows']} test rows (the first of the seed-{args.seed} subsample of the paper-split 1000genome "
-          f"test rows; {summary['abnormal_rows']} abnormal), job template `{args.template}`, at most "
-          f"{args.cot_tokens} new tokens, prefix KV cache reused. Demonstrations show `Reasoning: <the two values "
-          "furthest above the normal median>` then `Answer: <label>`. Decoding: no 4-gram twice and repetition "
-          f"penalty {cfg.repetition_penalty:g} over the generated tokens; it stops at the model's own `Answer: "
-          "<label>` or where it starts a new example; a rationale without an answer gets `Answer:` appended and "
-          "the two label words scored there (forced).", "",
+          f"test rows; {summary['abnormal_rows']} abnormal), job template `{cfg.template}`, at most "
+          f"{cfg.cot_max_new_tokens} new tokens, prefix KV cache reused. Demonstrations show `Reasoning: <the two "
+          "values furthest above the normal median>` then `Answer: <label>`. Decoding: no "
+          f"{cfg.no_repeat_ngram}-gram twice and repetition penalty {cfg.repetition_penalty:g} over the generated "
+          "tokens; it stops at the model's own `Answer: <label>` or where it starts a new example; a rationale "
+          "without an answer gets `Answer:` appended and the two label words scored there (forced).", "",
           "| rows | answered | written by the model | forced | accuracy (CoT answer) | ROC-AUC (P(abnormal) at "
           "the answer) | accuracy (score mode, same rows) | ROC-AUC (score mode) | s/job |",
           "|---|---|---|---|---|---|---|---|---|",
@@ -470,12 +478,13 @@ def cot_phase(args) -> None:
           f"{summary['forced_answer_rate']:.2f} | {fmt(summary['accuracy_on_parsed'])} | "
           f"{fmt(summary['answer_roc_auc'])} | {summary['score_mode_accuracy']:.3f} | "
           f"{fmt(summary['score_mode_roc_auc'])} | {summary['seconds_per_job']:.1f} |", "",
-          "Every rationale: bench/results/icl_cot_explanations.jsonl. The first five:", ""]
+          f"Every rationale: bench/results/{name}_explanations.jsonl. The first five:", ""]
     for r in out_rows[:5]:
         md.append(f"- job {r['job_id']} (label {r['label']}, answer {r.get('answer', '')} "
                   f"({r.get('answer_source', '')})): {r['reasoning'][:400].replace(chr(10), ' ')}")
-    atomic_write_text(RESULTS / "icl_cot.md", "\n".join(md) + "\n")
+    atomic_write_text(RESULTS / f"{name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
+    return summary
 
 
 def main() -> None:

@@ -113,7 +113,9 @@ class ICLDetector(PromptBuilder, LabelScorer, ChainOfThought, LoraTuner, Detecto
         typical = typical_values(train, self.features) if cfg.mode == "cot" else None
         if cfg.select == "nearest":
             self.demos_ = train.iloc[:0]
-            reasons = demo_reasons(train, self.features, typical) if typical is not None and k else None
+            # Tuning draws its own neighbours even at shots 0: cot prompts need every pool row's rationale then.
+            tunes = cfg.train_demos == "resample"
+            reasons = demo_reasons(train, self.features, typical) if typical is not None and (k or tunes) else None
             self.pool_ = nearest_pool(train, self.features, self.render(train), reasons)
         else:
             demos = select_demonstrations(train, k, cfg.select, cfg.seed)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmad.detectors.icl.demos import select_demonstrations
+from llmad.detectors.icl.demos import demo_reasons, nearest_demos, select_demonstrations, typical_values
 from llmad.detectors.icl.scoring import base_model
 from llmad.errors import LlmadError
 
@@ -22,7 +22,8 @@ class LoraTuner:
     ``neighbours`` and ``_prefix_cache``; sets ``tuning_``."""
 
     def tuning_examples(self, train: pd.DataFrame) -> pd.DataFrame:
-        """Prompt -> label completions from the train part (balanced, demonstrations excluded, seeded)."""
+        """Prompt -> label completions from the train part (balanced, demonstrations excluded, seeded); in cot mode
+        the completion is a rationale from the job's own values, then ``Answer: <label>``."""
         cfg = self.config
         pool = train
         if self.demos_ is not None and len(self.demos_) and "job_id" in train:
@@ -38,22 +39,48 @@ class LoraTuner:
         rows = pool.iloc[chosen]
         texts = self.render(rows)
         own = None
-        if cfg.select == "nearest" and cfg.shots > 0:
+        if cfg.select == "nearest" and cfg.train_demos == "resample":
+            own = self._resampled_neighbours(rows, rng)
+        elif cfg.select == "nearest" and cfg.shots > 0:
             own = self.neighbours(rows, cfg.shots, exclude_self=True)
         elif cfg.train_demos == "resample":
             rest = pool.iloc[np.setdiff1d(np.arange(len(pool)), chosen)].reset_index(drop=True)
             own = self._resampled_demos(rest, len(rows), rng)
-        groups, kept = self.prepare(texts, mode="score", own_demos=own)
+        cot = cfg.mode == "cot"
+        groups, kept = self.prepare(texts, mode="cot" if cot else "score", own_demos=own)
         prompts: list[str | None] = [None] * len(texts)
         for g in groups:
             for r, body in zip(g.rows, g.bodies):
                 prompts[r] = g.prefix_text + body
         words = cfg.label_words
+        labels = rows["label"].to_numpy().astype(int)
+        if cot:
+            # The target rationale states the job's own facts (demos.demo_reasons, label-free), then the answer line:
+            # a tuned model then writes "Answer: <label>" itself instead of looping (bench/results/icl_cot.md).
+            reasons = demo_reasons(rows, self.features, typical_values(train, self.features))
+            completions = [f" {why}\nAnswer: {words[y]}" for why, y in zip(reasons, labels)]
+        else:
+            completions = [" " + words[y] for y in labels]
         keep = [i for i, p in enumerate(prompts) if p is not None]
         job_ids = rows["job_id"].astype(str).to_numpy() if "job_id" in rows else np.array([""] * len(rows))
         return pd.DataFrame({"job_id": job_ids[keep], "prompt": [prompts[i] for i in keep],
-                             "completion": [" " + words[int(y)] for y in rows["label"].to_numpy()[keep]],
-                             "label": rows["label"].to_numpy()[keep].astype(int)})
+                             "completion": [completions[i] for i in keep], "label": labels[keep]})
+
+    def _resampled_neighbours(self, rows: pd.DataFrame, rng: np.random.Generator) -> list[list[tuple]]:
+        """Per tuning prompt, its own k nearest train rows, k drawn in 0..train_shots, itself excluded: one adapter
+        then serves every shot count of a nearest-neighbour shots curve."""
+        cfg = self.config
+        kmax = cfg.train_shots if cfg.train_shots is not None else cfg.shots
+        # Nearest last (order "fixed"), so the k nearest of the kmax are the last k.
+        full = nearest_demos(self.pool_, rows, self.features, kmax, "fixed", cfg.seed, exclude_self=True)
+        out = []
+        for demos in full:
+            k = int(rng.integers(0, kmax + 1))
+            picked = demos[len(demos) - k:] if k else []
+            if cfg.order == "shuffled" and len(picked) > 1:
+                picked = [picked[i] for i in rng.permutation(len(picked))]
+            out.append(picked)
+        return out
 
     def _resampled_demos(self, pool: pd.DataFrame, n: int, rng: np.random.Generator) -> list[list[tuple[str, int]]]:
         """Per tuning prompt, its own 0..train_shots demonstrations drawn from ``pool`` with ``select``."""
@@ -70,6 +97,10 @@ class LoraTuner:
         needed = pd.Index(sorted({i for p in picks for i in p}))
         texts = dict(zip(needed, self.render(pool.loc[needed]))) if len(needed) else {}
         labels = pool["label"].astype(int)
+        if cfg.mode == "cot" and len(needed):
+            why = dict(zip(needed, demo_reasons(pool.loc[needed], self.features,
+                                                typical_values(pool, self.features))))
+            return [[(texts[i], int(labels.loc[i]), why[i]) for i in p] for p in picks]
         return [[(texts[i], int(labels.loc[i])) for i in p] for p in picks]
 
     def tune(self, train: pd.DataFrame) -> None:

@@ -305,6 +305,38 @@ def test_resampled_tuning_demonstrations(smol_tokenizer):
         ICLConfig(train_demos="sometimes").validate()
 
 
+def test_resampled_nearest_tuning_demonstrations(smol_tokenizer):
+    """select=nearest + resample: each tuning prompt has its own k in 0..train_shots, and they are its k nearest
+    train rows (itself excluded), nearest last."""
+    det = fitted(smol_tokenizer, shots=2, select="nearest", order="fixed", train_examples=16, train_shots=3,
+                 train_demos="resample")
+    train = make_jobs(40, seed=1)  # the rows fitted() built the pool from
+    ex = det.tuning_examples(train)
+    counts = [p.count("Answer:") - 1 for p in ex["prompt"]]
+    assert min(counts) >= 0 and max(counts) <= 3 and len(set(counts)) > 1
+    rows = train.set_index(train["job_id"].astype(str)).loc[ex["job_id"]]
+    full = det.neighbours(rows, 3, exclude_self=True)  # order fixed: nearest last
+    texts = set(det.render(train))
+    for p, k, demos, own_text in zip(ex["prompt"], counts, full, det.render(rows)):
+        shown = [line for line in p.splitlines() if line in texts and line != own_text]
+        assert shown == [t for t, _ in demos[len(demos) - k:]] if k else shown == []
+
+
+def test_cot_tuning_examples_teach_the_answer_line(smol_tokenizer):
+    """mode=cot tuning: prompts end in the Reasoning cue, demonstrations carry rationales, and each completion is
+    the job's own rationale followed by its Answer line (what the stop rule and the parser look for)."""
+    from llmad.detectors.icl.cot import parse_answer
+
+    for select in ("nearest", "random"):
+        det = fitted(smol_tokenizer, shots=0, mode="cot", select=select, train_examples=10, train_shots=2,
+                     train_demos="resample", lora_r=0)
+        ex = det.tuning_examples(make_jobs(40, seed=1))
+        assert len(ex) == 10 and ex["prompt"].str.rstrip().str.endswith("Reasoning:").all()
+        assert any(p.count("Reasoning:") > 1 for p in ex["prompt"])  # some demonstrations, with rationales
+        for c, y in zip(ex["completion"], ex["label"]):
+            assert "\nAnswer: " in c and parse_answer(c)[0] == y and len(c.split("\nAnswer:")[0].strip()) > 5
+
+
 def test_tuning_time_budget_stops_early(smol_tokenizer):
     det = ICLDetector(config=ICLConfig(shots=0, lora_r=2, train_examples=8, train_steps=5, train_batch_size=2,
                                        train_budget_s=1e-6, batch_size=4))
