@@ -135,9 +135,10 @@ def cot_phase(args) -> None:
     from icl_bench import cot_run
 
     split, test, _ = load_split(args)
-    cfg = replace(cfg_for(args, args.cot_shots), mode="cot", cot_max_new_tokens=args.cot_tokens)
+    cfg = replace(cfg_for(args, args.cot_shots), mode="cot", cot_max_new_tokens=args.cot_tokens,
+                  repetition_penalty=args.cot_penalty, no_repeat_ngram=args.cot_ngram)
     det = ICLDetector(config=cfg).fit(split.train, None, lm=tuned_lm(args, "knn-cot"))
-    cot_run(args, det, split, test.iloc[:args.cot_rows], "icl_cot_tuned", "LoRA knn-cot")
+    cot_run(args, det, split, test.iloc[:args.cot_rows], args.cot_name, "LoRA knn-cot")
 
 
 def cells(args) -> list[tuple[int, str, int]]:
@@ -268,6 +269,7 @@ def report(args) -> None:
             "records": recs, "provenance": provenance()}
     write_json(RESULTS / "icl_tuned.json", meta)
     df = pd.DataFrame(recs)
+    df["shots"] = df["shots"].astype("Int64")  # the baselines have none
     lines = ["# Tuned ICL: smollm2-135m with nearest-neighbour demonstrations, 1000genome paper split", "",
              f"Written by `bench/icl_tuned.py` (its docstring: protocol). Test rows: the first `rows` of {len(test)} "
              f"drawn with seed {args.seed} from the published test rows ({int(tt.sum())} abnormal; majority-class "
@@ -306,6 +308,11 @@ def main() -> None:
     ap.add_argument("--cot-rows", type=int, default=100)
     ap.add_argument("--cot-shots", type=int, default=2)
     ap.add_argument("--cot-tokens", type=int, default=60)
+    # The tuned rationale repeats "is Nx the normal median" by design: a 4-gram ban garbles it (bench/results/
+    # icl_cot_tuned.md); an 8-gram ban still stops sentence loops.
+    ap.add_argument("--cot-penalty", type=float, default=1.2, help="repetition penalty over generated tokens")
+    ap.add_argument("--cot-ngram", type=int, default=4, help="no n-gram of this many tokens twice (0: off)")
+    ap.add_argument("--cot-name", default="icl_cot_tuned", help="bench/results/<name>.{md,json}")
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--budget-s", type=float, default=540)
     ap.add_argument("--threads", type=int, default=2)

@@ -152,7 +152,8 @@ def debias_section(pd, info: dict) -> list[str]:
              "gap empty before": _f(r["bias"]["empty"]["before"]), "gap empty after": _f(r["bias"]["empty"]["after"]),
              "gap all-missing before": _f(r["bias"]["all_missing"]["before"]),
              "gap all-missing after": _f(r["bias"]["all_missing"]["after"]),
-             "test F1": _f(r["f1"]), "ROC-AUC": _f(r["roc_auc"]), "fit s": _f(r["fit_s"], 0)} for r in runs]
+             "test F1": _f(r["f1"]), "ROC-AUC": _f(r["roc_auc"]), "collapse guard": "collapsed" if r["collapsed"]
+             else "no", "fit s": _f(r["fit_s"], 0)} for r in runs]
     df = pd.DataFrame(rows).sort_values(["workflow", "debias_augment"])
     after = pd.DataFrame([{"aug": r["debias_augment"], "wf": r["dataset"],
                            "abs": abs(r["bias"]["empty"]["after"]) + abs(r["bias"]["all_missing"]["after"]),
