@@ -7,7 +7,7 @@ from validation, time-series metrics (``llmad.api.numeric`` holds the API these 
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -26,16 +26,23 @@ app.add_typer(pretrain_app, name="pretrain")
 def numeric(opts: dict, common: dict) -> None:
     """Fit a numeric detector on train windows, threshold on validation, report test metrics."""
     from llmad.api.numeric import NumericConfig, run_numeric
+    from llmad.config import merge
+
+    run_window_command("numeric", merge(NumericConfig(), opts), common, run_numeric)
+
+
+def run_window_command(command: str, cfg: Any, common: dict, run: Callable[..., Any]) -> None:
+    """The body of ``numeric`` and ``transfer``: default run folder ``runs/<command>/<method>-<data>-<stamp>``,
+    progress hooks, ``run(cfg)``, the summary line."""
     from llmad.cli.progress import cli_hooks
     from llmad.config import merge
     from llmad.rundir import default_out
 
-    cfg = merge(NumericConfig(), opts)
     r = merge(RunOptions(), common)
     if not cfg.out:
-        cfg.out = str(default_out("numeric", f"{cfg.method}-{cfg.data.replace(':', '-').replace('/', '_')}"))
+        cfg.out = str(default_out(command, f"{cfg.method}-{cfg.data.replace(':', '-').replace('/', '_')}"))
     with cli_hooks(r.quiet) as hooks:
-        res = run_numeric(cfg, hooks=hooks, force=r.force)
+        res = run(cfg, hooks=hooks, force=r.force)
     typer.echo(res.summary)
     typer.echo(f"wrote {cfg.out}")
 

@@ -6,7 +6,6 @@ to the new entities, compared with per-entity training from scratch (``llmad.api
 """
 from __future__ import annotations
 
-import typer
 
 from llmad.cli.apps import app
 from llmad.cli.options import ConfigCommand, config_options
@@ -19,15 +18,7 @@ from llmad.rundir import RunOptions
 def transfer(opts: dict, common: dict) -> None:
     """OmniTransfer: cluster offline entities, transfer base models to new ones, compare with training from scratch."""
     from llmad.api.transfer import TransferConfig, run_transfer
-    from llmad.cli.progress import cli_hooks
+    from llmad.cli.numeric import run_window_command
     from llmad.config import merge
-    from llmad.rundir import default_out
 
-    cfg = merge(TransferConfig(), opts)
-    r = merge(RunOptions(), common)
-    if not cfg.out:
-        cfg.out = str(default_out("transfer", f"{cfg.method}-{cfg.data.replace(':', '-').replace('/', '_')}"))
-    with cli_hooks(r.quiet) as hooks:
-        res = run_transfer(cfg, hooks=hooks, force=r.force)
-    typer.echo(res.summary)
-    typer.echo(f"wrote {cfg.out}")
+    run_window_command("transfer", merge(TransferConfig(), opts), common, run_transfer)
