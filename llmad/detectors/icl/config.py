@@ -31,7 +31,8 @@ class ICLConfig:
     case_variants: bool = option(False, 'also score "normal"/"abnormal" (more label sequences, slower)', cli=False)
     threshold: str = option("validation", "validation | argmax (score mode; generate/cot use the parsed label)")
     load_in_4bit: bool = option(False, "bitsandbytes NF4 base model (CPU or CUDA)")
-    lora_r: int = option(0, "LoRA rank for tuning on prompt -> label completions (0 = none)", flag="--lora")
+    lora_r: int = option(0, "LoRA rank for tuning on prompt -> label completions (cot: rationale + answer line; "
+                            "0 = none)", flag="--lora")
     lora_alpha: int | None = option(None, "LoRA alpha (None: 2 * rank)", cli=False)
     train_examples: int = option(64, "tuning examples from the train part", flag="--train-limit")
     train_steps: int | None = option(None, "optimizer steps (default: one pass over train_examples)")
