@@ -7,16 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmad.cli import main
-
-
-def _run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
+from badinput.runner import run_cli
 
 
 def entities(folder, n: int = 6, length: int = 500):
@@ -36,13 +27,12 @@ def entities(folder, n: int = 6, length: int = 500):
     return folder
 
 
-def test_transfer_writes_a_run(tmp_path, capsys):
+def test_transfer_writes_a_run(tmp_path):
     data = entities(tmp_path / "hosts")
     out = tmp_path / "run"
-    code, cap = _run(["transfer", "--data", f"csv:{data}", "--window", "16", "--new-days", "0.1", "--max-steps", "8",
-                      "--transfer-steps", "4", "--base-steps", "6",
-                      "--out", str(out), "-q"], capsys)
-    assert code in (0, None), cap.err
+    res = run_cli(["transfer", "--data", f"csv:{data}", "--window", "16", "--new-days", "0.1", "--max-steps", "8",
+                   "--transfer-steps", "4", "--base-steps", "6", "--out", out, "-q"], timeout=600)
+    assert res.rc == 0, res.text
     m = json.loads((out / "metrics.json").read_text())
     assert len(m["offline_entities"]) == 3 and len(m["new_entities"]) == 3
     assert m["clustering"]["n_clusters"] == 2
@@ -54,17 +44,17 @@ def test_transfer_writes_a_run(tmp_path, capsys):
     assert {"init_time_reduction", "f1_loss"} <= set(s)
     assert "pa_f1_INFLATED" in m["transfer"] and "vus_pr" in m["scratch"]
     assert (out / "detectors").is_dir() and (out / "predictions.csv").is_file()
-    assert "omnitransfer lstm-ae" in cap.out
+    assert "omnitransfer lstm-ae" in res.out
 
 
-def test_transfer_bad_input_is_one_line_exit_2(tmp_path, capsys):
+def test_transfer_bad_input_is_one_line_exit_2(tmp_path):
     data = entities(tmp_path / "hosts", n=2)
     for argv, msg in ((["--method", "iforest"], "--method"), (["--offline-fraction", "1.5"], "offline-fraction"),
                       (["--data", "asd:omi-99"], "unknown machine"),
                       (["--data", f"csv:{data}", "--limit", "1"], "at least 2 entities")):
         argv = ["transfer", "--data", f"csv:{data}", *argv, "--out", str(tmp_path / f"o{len(msg)}")]
-        code, cap = _run(argv, capsys)
-        assert code == 2 and msg in cap.err and "Traceback" not in cap.err, cap.err
+        res = run_cli(argv, timeout=120)
+        assert res.rc == 2 and msg in res.err and "Traceback" not in res.err, res.text
 
 
 def test_threshold_falls_back_to_pooled_validation():

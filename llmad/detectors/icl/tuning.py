@@ -107,8 +107,10 @@ class LoraTuner:
         """LoRA on prompt -> label completions with trl's SFTTrainer (completion-only loss)."""
         import tempfile
 
+        import datasets
         from datasets import Dataset
         from peft import LoraConfig
+        from transformers import PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
         from llmad.models.causal_lm import context_window
@@ -161,8 +163,17 @@ class LoraTuner:
                              gradient_checkpointing=False)
             ds = Dataset.from_pandas(ex[["prompt", "completion"]], preserve_index=False)
             callbacks = [time_budget_callback(cfg.train_budget_s)] if cfg.train_budget_s else None
-            trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=self.lm_.tokenizer,
-                                 peft_config=None if continuing else lora, callbacks=callbacks)
+            # trl tokenizes through datasets.map, whose bars (and, without tqdm, the Trainer's printed loss dicts)
+            # would flood a quiet run; tuning_["losses"] keeps the losses.
+            bars = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()
+            try:
+                trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=self.lm_.tokenizer,
+                                     peft_config=None if continuing else lora, callbacks=callbacks)
+            finally:
+                if bars:
+                    datasets.enable_progress_bars()
+            trainer.remove_callback(PrinterCallback)
             result = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         self.lm_.model = trainer.model
