@@ -70,9 +70,9 @@ def state_dir(args) -> Path:
     return d
 
 
-def log_invocation(args, phase: str, extra: dict | None = None) -> None:
-    """Append this invocation's machine facts to the state dir (the report summarises them)."""
-    with open(state_dir(args) / "invocations.jsonl", "a") as f:
+def log_invocation(args, phase: str, extra: dict | None = None, folder: Path | None = None) -> None:
+    """Append this invocation's machine facts to ``folder`` (default: the state dir; the report summarises them)."""
+    with open((folder or state_dir(args)) / "invocations.jsonl", "a") as f:
         f.write(json.dumps({"phase": phase, **machine(args), **(extra or {})}) + "\n")
 
 
@@ -86,10 +86,15 @@ def load_split(args):
 
     jobs = load_jobs("flowbench:1000genome")
     split = make_split(jobs, kind="paper")
+    return (split, *sample_rows(args, split))
+
+
+def sample_rows(args, split) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seeded test and validation samples (``--test-rows``, ``--val-rows``) of a split."""
     test = split.test.sample(n=min(args.test_rows, len(split.test)), random_state=args.seed).reset_index(drop=True)
     val = split.validation.sample(n=min(args.val_rows, len(split.validation)),
                                   random_state=args.seed).reset_index(drop=True)
-    return split, test, val
+    return test, val
 
 
 def base_cfg(args) -> ICLConfig:

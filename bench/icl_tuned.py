@@ -40,7 +40,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from icl_bench import RESULTS, load_split, machine, state_dir  # noqa: E402 (bench/ is sys.path[0])
+from icl_bench import RESULTS, load_split, log_invocation, machine, sample_rows, state_dir  # noqa: E402 (bench/ is sys.path[0])
 
 from llmad.detectors.icl.config import ICLConfig  # noqa: E402
 from llmad.detectors.icl.detector import ICLDetector  # noqa: E402
@@ -66,15 +66,7 @@ def load(args):
     from llmad.data import load_split as load_data
 
     split = load_data("flowbench:1000genome", split="run", limit=args.run_limit, context=True)
-    test = split.test.sample(n=min(args.test_rows, len(split.test)), random_state=args.seed).reset_index(drop=True)
-    val = split.validation.sample(n=min(args.val_rows, len(split.validation)),
-                                  random_state=args.seed).reset_index(drop=True)
-    return split, test, val
-
-
-def log(args, phase: str, extra: dict | None = None) -> None:
-    with open(out_dir(args) / "invocations.jsonl", "a") as f:
-        f.write(json.dumps({"phase": phase, **machine(args), **(extra or {})}) + "\n")
+    return (split, *sample_rows(args, split))
 
 
 def cfg_for(args, shots: int, select: str = "nearest", stats: bool = False) -> ICLConfig:
@@ -134,7 +126,8 @@ def tune_phase(args, adapter: str = "knn", start_from: str | None = None, mode: 
         rnd = {**det.tuning_, "round": rnd_no, "seconds": time.perf_counter() - t, **machine(args)}
         rounds = (prev["rounds"] if prev else []) + [rnd]
         write_json(adir / "tuning.json", {
-            "adapter": adapter, "mode": mode, "start_from": start_from, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_layers": rnd["lora_layers"],
+            "adapter": adapter, "mode": mode, "start_from": start_from, "lora_r": args.lora_r,
+            "lora_alpha": 2 * args.lora_r, "lora_layers": rnd["lora_layers"],
             "learning_rate": args.lr, "batch_size": args.train_batch, "select": "nearest", "template": args.template,
             "train_shots": args.train_shots, "train_demos": "resample",
             "data": f"{args.split}-split train part of 1000genome", "rounds": rounds,
@@ -196,13 +189,14 @@ def decoding_phase(args) -> None:
                 warnings.simplefilter("ignore")
                 det_rows = det.score_details(val)
             src, y = det_rows["answer_source"].to_numpy(), val["label"].to_numpy()
+            rate = float(np.mean(src == "generated"))
             write_json(f, {"model": model, "decoding": name, "no_repeat_ngram": ngram, "repetition_penalty": penalty,
-                           "rows": len(val), "explicit_answer_rate": float(np.mean(src == "generated")),
+                           "rows": len(val), "explicit_answer_rate": rate,
                            "forced_answer_rate": float(np.mean(src == "forced")),
                            "accuracy": float(np.mean(det_rows["parsed"].to_numpy() == y)),
                            "seconds_per_job": (time.perf_counter() - t) / len(val), **machine(args),
                            "rationales": det_rows["rationale"].astype(str).tolist()})
-            print(json.loads(f.read_text())["explicit_answer_rate"], model, name, flush=True)
+            print(rate, model, name, flush=True)
     recs = [json.loads(f.read_text()) for f in sorted(d.glob("*.json"))]
     write_json(RESULTS / "icl_cot_decoding.json", {
         "data": f"1000genome {args.split} split, {len(val)} validation rows (seed {args.seed + 2}), never test",
@@ -234,7 +228,7 @@ def table_phase(args) -> None:
 
     t0 = time.perf_counter()
     split, test, val = load(args)
-    log(args, "table")
+    log_invocation(args, "table", folder=out_dir(args))
     lms: dict[str, object] = {}
     progressed = True
     while progressed and time.perf_counter() - t0 < args.budget_s:
@@ -278,31 +272,33 @@ def table_phase(args) -> None:
 def baselines(args, test: pd.DataFrame, val: pd.DataFrame, split) -> list[dict]:
     """Non-LM rows on the same train part, test rows and validation threshold: kNN-8 (the demonstrations' feature
     space) and rf on those features (paper split); rf/hgb on plain and context features and MiniLM SFT (run split)."""
-    if args.split == "run":
-        return run_baselines(args, test, val, split)
+    scores = run_baseline_scores(args, test, val, split) if args.split == "run" else \
+        paper_baseline_scores(test, val, split, ICLDetector(config=cfg_for(args, 0)).features)
+    y_te, y_va = test["label"].to_numpy(), val["label"].to_numpy()
+    return [record(args, name, None, "", y_te[:rows], s_te[:rows], y_va, s_va, 0.5)
+            for name, (s_va, s_te) in scores.items() for rows in sorted({args.curve_rows, args.test_rows})]
+
+
+def paper_baseline_scores(test: pd.DataFrame, val: pd.DataFrame, split, feats: list[str]) -> dict:
+    """{name: (validation scores, test scores)} of kNN-8 and rf in the demonstrations' feature space."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.neighbors import KNeighborsClassifier
 
     from llmad.detectors.icl.demos import feature_matrix
 
-    feats = ICLDetector(config=cfg_for(args, 0)).features
     x_tr = feature_matrix(split.train, feats)
     mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0) + 1e-6
-    out = []
+    scores = {}
     for name, est in (("knn-8 (demonstration space)", KNeighborsClassifier(8)),
                       ("rf (same features)", RandomForestClassifier(300, n_jobs=2, random_state=0))):
         est.fit((x_tr - mu) / sd, split.train["label"].to_numpy())
-        s_va = est.predict_proba((feature_matrix(val, feats) - mu) / sd)[:, 1]
-        for rows in sorted({args.curve_rows, args.test_rows}):
-            sub = test.iloc[:rows]
-            s_te = est.predict_proba((feature_matrix(sub, feats) - mu) / sd)[:, 1]
-            out.append(record(args, name, None, "", sub["label"].to_numpy(), s_te, val["label"].to_numpy(), s_va,
-                              0.5))
-    return out
+        scores[name] = tuple(est.predict_proba((feature_matrix(part, feats) - mu) / sd)[:, 1] for part in (val, test))
+    return scores
 
 
-def run_baselines(args, test: pd.DataFrame, val: pd.DataFrame, split) -> list[dict]:
-    """rf/hgb (plain, context) and MiniLM SFT (default config; its scores cached: a fit takes minutes here)."""
+def run_baseline_scores(args, test: pd.DataFrame, val: pd.DataFrame, split) -> dict:
+    """{name: (validation scores, test scores)} of rf/hgb (plain, context) and MiniLM SFT (default config; its
+    scores cached: a fit takes minutes here)."""
     import tempfile
 
     from llmad.detectors.baselines import BaselineDetector
@@ -323,12 +319,7 @@ def run_baselines(args, test: pd.DataFrame, val: pd.DataFrame, split) -> list[di
                                "test": det.score(test).tolist(), "fit_s": time.perf_counter() - t, **machine(args)})
     sft = json.loads(cache.read_text())
     scores["MiniLM SFT (default recipe)"] = (np.asarray(sft["val"]), np.asarray(sft["test"]))
-    out = []
-    for name, (s_va, s_te) in scores.items():
-        for rows in sorted({args.curve_rows, args.test_rows}):
-            out.append(record(args, name, None, "", test["label"].to_numpy()[:rows], s_te[:rows],
-                              val["label"].to_numpy(), s_va, 0.5))
-    return out
+    return scores
 
 
 def record(args, setting: str, shots, lora: str, y, s_te, y_va, s_va, argmax_at: float) -> dict:
