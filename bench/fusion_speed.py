@@ -48,7 +48,7 @@ def main() -> None:
     det.score(jobs.iloc[:64])  # warm-up: kernels, tokenizer caches
     times: dict[str, list[float]] = {"text-only LM": [], "stack (LM + tree)": []}
     for _ in range(a.reps):
-        for name, fn in (("text-only LM", det.lm_.score), ("stack (LM + tree)", det.score)):
+        for name, fn in (("text-only LM", det.lm_score), ("stack (LM + tree)", det.score)):
             t0 = time.perf_counter()
             fn(jobs)
             times[name].append(time.perf_counter() - t0)

@@ -140,7 +140,8 @@ def _sft(cfg: AdaptConfig, init_from: str | None, epochs: float):
 
 def source_lm(path: str) -> str:
     """The SFT model folder to transfer from: a saved SFT model, a run folder holding one in ``model/``, or a
-    fused stack (its full-train LM; the stack's tree is fitted on the source's own features and is not carried)."""
+    fused stack (its first scoring LM: the full-train one, or fold 0's with ``test_lm: folds``; the stack's tree
+    is fitted on the source's own features and is not carried)."""
     from llmad.detectors.base import read_detector_json
 
     p = Path(path).expanduser()

@@ -101,7 +101,8 @@ def adapter_sft(ctx: RunContext) -> RunResult:
 
 def adapter_fusion(ctx: RunContext) -> RunResult:
     """``llmad.api.sft.run_sft`` with ``fusion: stack``: LMs cross-fitted on the train runs, a tree over features +
-    LM score, both chosen/thresholded on validation. The full-train LM's own test metrics ride along (``lm_only``)."""
+    LM score, both chosen/thresholded on validation. The text-only LM score's own test metrics ride along
+    (``lm_only``)."""
     import dataclasses
 
     from llmad.api.sft import SFTRunConfig, run_sft
@@ -111,7 +112,8 @@ def adapter_fusion(ctx: RunContext) -> RunResult:
     lm = dataclasses.replace(fc.sft, seed=fc.seed, progress=False)
     split = ctx.job_split(context=True, causal=lm.causal)
     ctx.guard.set_test(job_keys(split.test, "test"))
-    ctx.guard.use("fit (train rows: cross-fitted LMs, the full LM, the tree)", job_keys(split.train, "train"))
+    ctx.guard.use("fit (train rows: cross-fitted LMs, a full LM if test_lm full, the tree)",
+                  job_keys(split.train, "train"))
     ctx.guard.use("early stopping, tree choice + threshold (validation rows)",
                   job_keys(split.validation, "validation"))
     out = ctx.run_dir / "fusion"

@@ -18,6 +18,9 @@ HARNESS_VERSION = 1
 # Settings that change how a run is shown or paced, never what it computes: left out of the cache hash.
 NON_SEMANTIC = {"sft": {"progress", "logging_steps", "max_time_s", "save_total_limit", "extra"},
                 "numeric": {"out"}}
+# Config keys added after runs were cached, with the value that computes what the runs did before the key existed:
+# left out of the hash at that value, so earlier caches stay valid (any other value is hashed as usual).
+ADDED_AT_OLD_BEHAVIOUR = {"fusion": {("stack", "test_lm"): "full"}}
 STRONG = {"baseline": {("rf", "plain"), ("hgb", "context")}, "numeric": {("iforest",), ("hgb",)}}
 
 
@@ -45,6 +48,9 @@ class RunSpec:
     def hash_payload(self) -> dict[str, Any]:
         """What the cache key is computed from."""
         cfg = {k: v for k, v in self.config.items() if k not in NON_SEMANTIC.get(self.kind, set())}
+        for (section, key), old in ADDED_AT_OLD_BEHAVIOUR.get(self.kind, {}).items():
+            if isinstance(cfg.get(section), dict) and cfg[section].get(key) == old:
+                cfg[section] = {k: v for k, v in cfg[section].items() if k != key}
         return {"harness": HARNESS_VERSION, "kind": self.kind, "data": self.data, "config": cfg,
                 "seed": self.seed, "limits": self.limits, "extras": self.extras}
 

@@ -52,7 +52,7 @@ def test_stack_cross_fits_by_run_and_reopens(tmp_path, monkeypatch):
     monkeypatch.setattr(SFTDetector, "fit", spy_fit)
     monkeypatch.setattr(SFTDetector, "score", spy_score)
     cfg = SFTRunConfig(data=DataConfig(spec="flowbench:not-loaded"), out=str(tmp_path / "run"), sft=_sft(tiny),
-                       fusion="stack", stack=StackConfig(folds=3))
+                       fusion="stack", stack=StackConfig(folds=3, test_lm="full"))
     res = run_sft(cfg, split=split)
     det = res.details["detector"]
     folds = [i for i in trained if i != id(det.lm_)]
@@ -69,6 +69,11 @@ def test_stack_cross_fits_by_run_and_reopens(tmp_path, monkeypatch):
     assert m["fusion"]["tree"] == max(m["fusion"]["tree_validation"], key=m["fusion"]["tree_validation"].get)
     assert ("ctx_runtime_rel" in m["fusion"]["features"]) == m["fusion"]["tree"].endswith("context")
     assert res.summary.startswith("fusion stack") and not (tmp_path / "run" / "checkpoints").exists()
+    # every LM score the tree read, keyed by part: train's are the cross-fitted ones
+    lm_scores = pd.read_csv(tmp_path / "run" / "lm_scores.csv")
+    assert lm_scores["part"].value_counts().to_dict() == {"train": 120, "validation": 40, "test": 40}
+    np.testing.assert_allclose(lm_scores.query("part == 'train'")["lm_score"], det.train_lm_scores_, rtol=1e-6)
+    assert lm_scores["lm_score"].notna().all()
     again = llmad.detectors.load(tmp_path / "run")
     monkeypatch.setattr(SFTDetector, "score", score)
     np.testing.assert_array_equal(again.score(split.test), res.predictions["score"].to_numpy())
@@ -106,3 +111,38 @@ def test_stack_chooses_and_thresholds_on_every_validation_row(tmp_path):
     det.fit(train, val, printer=lambda _: None)
     assert len(det.validation_scores_) == len(val) and len(det.lm_.validation_scores_) == 25
     np.testing.assert_allclose(det.validation_scores_, det.score(val), atol=1e-4)
+
+
+def test_stack_scored_by_the_fold_lms_mean_trains_no_full_lm_and_reopens(tmp_path, monkeypatch):
+    """``test_lm: folds``: K LMs in all (none on every train row); validation and test read the fold LMs' mean, and
+    the saved detector keeps all K and scores the same."""
+    from llmad.detectors.fusion.stack import StackDetector
+
+    tiny = str(make_tiny_bert(tmp_path / "tiny"))
+    train = synthetic_jobs(120, 0, jobs_per_run=20)
+    val, test = (synthetic_jobs(40, i).assign(run_id=lambda d, p=p: p + d["run_id"]) for i, p in ((1, "v"), (2, "t")))
+    sizes: list[int] = []
+    fit = SFTDetector.fit
+
+    def spy_fit(self, tr, *a, **kw):
+        sizes.append(len(tr))
+        return fit(self, tr, *a, **kw)
+
+    monkeypatch.setattr(SFTDetector, "fit", spy_fit)
+    det = StackDetector(_sft(tiny), folds=3, tree="hgb", n_estimators=30, test_lm="folds")
+    det.fit(train, val, printer=lambda _: None)
+    assert len(sizes) == 3 and max(sizes) < len(train) and len(det.lms_) == 3
+    mean = np.mean([lm.score(test) for lm in det.lms_], axis=0)
+    lm, final = det.score_parts(test)
+    np.testing.assert_allclose(lm, mean, atol=1e-6)
+    np.testing.assert_allclose(final, det.tree_.predict_proba(det._x(test, mean))[:, 1], atol=1e-6)
+    assert det.train_info_["test_lm"] == "folds" and 0.0 <= det.lm_threshold_ <= 1.0
+    det.save(tmp_path / "m")
+    again = llmad.detectors.load(tmp_path / "m")
+    assert again.test_lm == "folds" and len(again.lms_) == 3 and again.lm_threshold_ == det.lm_threshold_
+    np.testing.assert_allclose(again.score(test), final, atol=1e-5)
+
+
+def test_unknown_test_lm_is_refused_before_training():
+    with pytest.raises(LlmadError, match="test_lm 'mean'"):
+        StackConfig(test_lm="mean").check()

@@ -77,3 +77,17 @@ def test_strong_baselines_are_always_added(toy_zip, toy_recipe):
     added = add_strong_baselines(rec)
     assert added == ["rf-plain", "hgb-context"]
     assert [m.name for m in rec.methods] == ["knn-plain", "rf-plain", "hgb-context"]
+
+
+def test_a_key_added_at_its_old_behaviour_keeps_earlier_cache_keys():
+    """``stack.test_lm: full`` is what every stack did before the key existed: runs cached then stay valid, and
+    ``folds`` (a different computation) gets its own key."""
+    from dataclasses import replace
+
+    from llmad.harness.plan import RunSpec
+
+    base = RunSpec(method="stack", kind="fusion", dataset="d", data={"spec": "flowbench:x"}, seed=0, limits={},
+                   sweep={}, config={"kind": "stack", "stack": {"folds": 2, "tree": "auto"}, "seed": 0})
+    with_full = replace(base, config={**base.config, "stack": {"folds": 2, "tree": "auto", "test_lm": "full"}})
+    with_folds = replace(base, config={**base.config, "stack": {"folds": 2, "tree": "auto", "test_lm": "folds"}})
+    assert with_full.hash == base.hash and with_folds.hash != base.hash

@@ -11,6 +11,7 @@ from llmad.detectors.sft.config import SFTConfig
 FUSION_KINDS = ("none", "stack")
 TREES = ("auto", "rf", "hgb")
 FEATURE_SETS = ("auto", "plain", "context")
+TEST_LMS = ("full", "folds")
 
 
 @dataclass
@@ -22,13 +23,17 @@ class StackConfig:
     n_estimators: int = option(300, "trees (rf) or boosting iterations (hgb), as the baselines")
     features: str = option("auto", "plain | context (+ peer-context) | auto (both tried with each tree, the best on "
                                    "validation kept): the numbers beside the LM score")
+    test_lm: str = option("folds", "which LMs score validation and test: folds (the mean of the K fold LMs: no extra "
+                                   "LM to train, and the tree reads the kind of score it was fitted on) | full (one "
+                                   "more LM on all train rows, K+1 LMs in all; before Nov 2026 the only way)")
 
     def check(self) -> "StackConfig":
         """Fail in one line before any LM trains when a setting is out of range."""
-        if self.folds < 2 or self.tree not in TREES or self.features not in FEATURE_SETS:
-            raise LlmadError(f"fusion stack: folds {self.folds}, tree {self.tree!r}, features {self.features!r}: "
-                             f"expected folds >= 2, tree one of {', '.join(TREES)}, features one of "
-                             f"{', '.join(FEATURE_SETS)}")
+        if self.folds < 2 or self.tree not in TREES or self.features not in FEATURE_SETS or \
+                self.test_lm not in TEST_LMS:
+            raise LlmadError(f"fusion stack: folds {self.folds}, tree {self.tree!r}, features {self.features!r}, "
+                             f"test_lm {self.test_lm!r}: expected folds >= 2, tree one of {', '.join(TREES)}, "
+                             f"features one of {', '.join(FEATURE_SETS)}, test_lm one of {', '.join(TEST_LMS)}")
         return self
 
 
@@ -42,4 +47,4 @@ class FusionConfig:
     seed: int = option(0, "seed of the LMs, the folds and the tree")
 
 
-__all__ = ["StackConfig", "FusionConfig", "FUSION_KINDS", "TREES", "FEATURE_SETS"]
+__all__ = ["StackConfig", "FusionConfig", "FUSION_KINDS", "TREES", "FEATURE_SETS", "TEST_LMS"]
