@@ -353,7 +353,8 @@ def _stack_note(res: dict) -> list[str]:
     if not rec("stack-minilm-n1000", "model"):
         return []
     out = ["## The fused stack in a stream (1000genome, the same 20 test runs)", "",
-           "The stack of `bench/lm_vs_trees.py` (seed 0: a tree over features + a cross-fitted MiniLM score, 1,000 "
+           "The stack of `bench/lm_vs_trees.py` (its `stack-minilm` row, seed 0: a tree over features + a "
+           "cross-fitted MiniLM score, validation and test scored by a full-train MiniLM (`test_lm: full`), 1,000 "
            "train jobs) replayed with `detect-model`, beside rf-context trained on the same 1,000 jobs and the "
            "rf-context of the table above (all jobs of 80 train runs). Before exec end = anomalous jobs alerted "
            "strictly before their execution ends.", "",

@@ -24,8 +24,9 @@ class StackConfig:
     features: str = option("auto", "plain | context (+ peer-context) | auto (both tried with each tree, the best on "
                                    "validation kept): the numbers beside the LM score")
     test_lm: str = option("folds", "which LMs score validation and test: folds (the mean of the K fold LMs: no extra "
-                                   "LM to train, and the tree reads the kind of score it was fitted on) | full (one "
-                                   "more LM on all train rows, K+1 LMs in all; before Nov 2026 the only way)")
+                                   "LM to train, and the tree reads the kind of score it was fitted on; scoring runs "
+                                   "K LMs per job) | full (one more LM on all train rows, K+1 LMs to train, one to "
+                                   "score; before Nov 2026 the only way)")
 
     def check(self) -> "StackConfig":
         """Fail in one line before any LM trains when a setting is out of range."""
