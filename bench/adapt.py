@@ -1,7 +1,8 @@
 """Adapting to an unseen workflow (issue 15): ``llmad adapt`` on every shipped workflow in turn, the other nine as
 sources. Methods side by side on the same target rows: scratch (MiniLM fine-tuned on the k runs), transfer (MiniLM
-fine-tuned on the sources, then on the k runs), proto (meta-learned, no gradient step at adaptation), trees
-(rf on the numeric + peer-context features of the k runs). Run split; threshold rule "rate" for every row (no
+fine-tuned on the sources, then on the k runs), proto (a meta-learned network paired with the target without
+retraining it, and a tree pooled over the source jobs and the k runs), trees (rf on the numeric + peer-context
+features of the k runs). Run split; threshold rule "rate" for every row (no
 target validation label, no test label is read; ``llmad.api.adapt`` says how).
 
     nice -n 5 .venv/bin/python bench/adapt.py run        # resumable: one run folder per target under OUT

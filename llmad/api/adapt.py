@@ -7,7 +7,8 @@ Protocol (one target workflow; every method sees the same rows):
   ``full_jobs`` labeled train jobs, the reference each method's own F1 is measured against; test = the test part;
 - methods: ``scratch`` (the encoder fine-tuned on the k runs only), ``transfer`` (an SFT model trained on the
   sources, fine-tuned on the k runs: the LLM_AD recipe), ``proto`` (``llmad.detectors.proto``: meta-trained on the
-  sources, adapted without gradient steps), ``trees`` (rf/hgb on the numeric + peer-context features of the k runs);
+  sources, paired with the target without retraining its network), ``trees`` (rf/hgb on the numeric +
+  peer-context features of the k runs);
 - threshold, the same named rule for every method and k (``rate``): the top ``rate`` of the unlabeled target jobs'
   scores, ``rate`` = the labeled target jobs' anomaly share shrunk toward the sources' share. No test label and no
   target validation label is read;

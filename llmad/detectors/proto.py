@@ -1,8 +1,8 @@
-"""A meta-learned detector that adapts to an unseen workflow in about a second (``llmad adapt --methods proto``).
+"""A meta-learned detector that adapts to an unseen workflow in seconds (``llmad adapt --methods proto``).
 
 From the paper: FLASH (Qiu et al., "On the Promise and Challenges of Foundation Models for Cloud Systems
 Management", NeurIPS'23 ML for Systems) adapts to a new application by pairing embeddings instead of retraining.
-Here a new environment is a workflow the model has not seen, and adaptation runs no gradient step:
+Here a new environment is a workflow the model has not seen, and adaptation does not train the network again:
 
 - every job becomes ``x = [frozen encoder embedding of its sentence, robust z-scores of its numeric + peer-context
   features]``; the z-scores use the median/IQR of the workflow's own *unlabeled* jobs, so "slow" means slow for
@@ -11,15 +11,20 @@ Here a new environment is a workflow the model has not seen, and adaptation runs
   workflow, takes ``c`` = the mean projection of some of its jobs (labels unused: part 2 of the fingerprint, what
   normal looks like there) and is scored on other jobs of that workflow. So the network learns what anomalous
   looks like *relative to a workflow's own jobs*, which is what transfers to a workflow it never saw;
-- pairing with a target (``adapt``): scales and ``c`` from its unlabeled jobs give the prior score at k = 0;
-  labeled support runs add a small forest on ``[z-scores, prior]`` fitted in well under a second, mixed with the
-  prior by ``a = n_anomalous / (n_anomalous + shrink)`` (standardised scores): few labels, mostly the prior;
+- pairing with a target (``adapt``): scales and ``c`` from its unlabeled jobs give the network's prior score; a
+  gradient-boosted tree then reads ``[z-scores, prior]`` of the source jobs (their prior cross-fitted: from a
+  network that never saw that workflow) together with the target's labeled support jobs, weighted up by
+  ``support_weight``; it is fitted in about a second. With no support (k = 0) it is the source jobs alone: what
+  anomalous looks like in standardized terms carries over, and every labeled target job moves it toward the target.
+  Pooling matters because a support of k runs shows at most k of the anomaly kinds (one per Flow-Bench run), while
+  the sources show all of them (``bench/results/adapt.md``: the F1 gap from k = 2 runs to the full target);
 - the threshold needs no validation labels: the top ``rate`` of the unlabeled jobs' scores, ``rate`` being the
   support's anomaly share shrunk toward the source workflows' share (``threshold_rule_ = "rate"``).
 
 Where llmad differs from FLASH: FLASH pairs an application's embedding with stored configurations; here the pairing
 is the centring and scaling on the workflow's own jobs, and the support's labels refine it without training the
-network again. Saved forests are pickles: load only files you wrote yourself.
+network again. A saved detector keeps the source jobs' standardized features (not their text) so that it can be
+paired with another workflow; its tree is a pickle: load only files you wrote yourself.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import json
 import pickle
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,11 +90,12 @@ class ProtoDetector(Detector):
     kind = "proto"
 
     def __init__(self, encoder: str = "minilm", template: str = "compact", hidden: int = 128, dim: int = 64,
-                 episodes: int = 300, episode_jobs: int = 256, lr: float = 3e-3, shrink: float = 20.0, seed: int = 0,
-                 batch_size: int = 128):
+                 episodes: int = 300, episode_jobs: int = 256, lr: float = 3e-3, support_weight: float = 3.0,
+                 n_estimators: int = 200, seed: int = 0, batch_size: int = 128):
         self.encoder, self.template, self.hidden, self.dim = encoder, template, hidden, dim
         self.episodes, self.episode_jobs, self.lr = episodes, episode_jobs, lr
-        self.shrink, self.seed, self.batch_size = shrink, seed, batch_size
+        self.support_weight, self.n_estimators = support_weight, n_estimators
+        self.seed, self.batch_size = seed, batch_size
         self.name = f"proto-{Path(str(encoder)).name}"
 
     # ------------------------------------------------------------------ features
@@ -160,6 +167,35 @@ class ProtoDetector(Detector):
         w = torch.where(yq > 0, 0.5 / pos, 0.5 / (1 - pos))  # balanced: workflows differ in anomaly share
         return torch.nn.functional.binary_cross_entropy_with_logits(net.logits(x[q], centre), yq, weight=w)
 
+    def _train_net(self, data: list) -> Any:
+        """Episodic training on ``data`` = [(features, labels)] per workflow."""
+        import torch
+
+        net = self._build(data[0][0].shape[1])
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-3)
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.episodes):
+            x, y = data[int(rng.integers(len(data)))]
+            loss = self._episode_loss(net, x, y, rng)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net.eval()
+
+    @staticmethod
+    def _logits(net: Any, x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return net.logits(torch.from_numpy(x), torch.as_tensor(centre, dtype=torch.float32)).numpy()
+
+    @staticmethod
+    def _centre(net: Any, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return net.g(torch.from_numpy(x)).mean(0).numpy()
+
     # ------------------------------------------------------------------ contract
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame | None = None) -> "ProtoDetector":
         """Meta-train on labeled jobs of >= 2 source workflows (``workflow``, ``run_id``, ``label`` columns)."""
@@ -177,19 +213,18 @@ class ProtoDetector(Detector):
             x = self.features(g, robust_stats(self.numeric(g)))
             data.append((torch.from_numpy(x), torch.from_numpy(g["label"].to_numpy(np.float32))))
         self.embed_s_ = time.perf_counter() - t0
-        net = self._build(data[0][0].shape[1])
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-3)
-        rng = np.random.default_rng(self.seed)
-        self.losses_ = []
-        for _ in range(self.episodes):
-            x, y = data[int(rng.integers(len(data)))]
-            loss = self._episode_loss(net, x, y, rng)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            self.losses_.append(float(loss.detach()))
-        self.net_ = net.eval()
+        self.net_ = self._train_net(data)
         self.n_in_ = int(data[0][0].shape[1])
+        # Cross-fitted prior of every source job (a network that never saw its workflow, centred on that
+        # workflow's jobs), so the tree learns how far to trust the prior on a workflow the network did not see.
+        priors = []
+        for i, (x, _) in enumerate(data):
+            net = self._train_net([d for j, d in enumerate(data) if j != i])
+            priors.append(self._logits(net, x.numpy(), self._centre(net, x.numpy())))
+        n_num = self.n_in_ - int(self._encoder()[1].config.hidden_size)
+        self.source_ = {"x": np.concatenate([x.numpy()[:, -n_num:] for x, _ in data]),
+                        "prior": np.concatenate(priors).astype(np.float32),
+                        "y": np.concatenate([y.numpy() for _, y in data]).astype(np.int64)}
         self.source_rate_ = float(np.mean([float(d[1].mean()) for d in data]))
         self.source_workflows_ = [str(w) for w, _ in groups]
         self.fit_seconds_ = time.perf_counter() - t0
@@ -203,9 +238,7 @@ class ProtoDetector(Detector):
 
     def adapt(self, unlabeled: pd.DataFrame, support: pd.DataFrame | None = None) -> "ProtoDetector":
         """Pair with a target workflow: its unlabeled jobs (scales, centre, threshold) and labeled ``support``."""
-        import torch
-
-        from llmad.detectors.baselines import make_estimator
+        from sklearn.ensemble import HistGradientBoostingClassifier
 
         if getattr(self, "net_", None) is None:
             raise RuntimeError("ProtoDetector.adapt: fit() or load() first")
@@ -214,21 +247,19 @@ class ProtoDetector(Detector):
         t0 = time.perf_counter()
         self.stats_ = robust_stats(self.numeric(unlabeled))
         xu = self.features(unlabeled, self.stats_)
-        with torch.no_grad():
-            self.centre_ = self.net_.g(torch.from_numpy(xu)).mean(0).numpy().tolist()
-        self.forest_, self.a_, n_sup, n_anom = None, 0.0, 0, 0
-        prior_u = self._prior(xu)
-        self.mix_ = {"prior": [float(prior_u.mean()), float(prior_u.std() + 1e-9)]}
+        self.centre_ = self._centre(self.net_, xu).tolist()
+        src = self.source_
+        x, y = np.c_[src["x"], src["prior"]], src["y"]
+        w = np.ones(len(y))
+        n_sup = n_anom = 0
         if support is not None and len(support):
-            ys = support["label"].to_numpy().astype(int)
+            ys = support["label"].to_numpy().astype(np.int64)
             n_sup, n_anom = len(ys), int(ys.sum())
-            if 0 < n_anom < n_sup:
-                xs = self.features(support, self.stats_)
-                self.forest_ = make_estimator("rf", n_estimators=100, seed=self.seed, n_jobs=1, balanced=True)
-                self.forest_.fit(self._forest_x(xs), ys)
-                fu = self.forest_.predict_proba(self._forest_x(xu))[:, 1]
-                self.mix_["forest"] = [float(fu.mean()), float(fu.std() + 1e-9)]
-                self.a_ = n_anom / (n_anom + self.shrink)
+            x = np.r_[x, self._tree_x(self.features(support, self.stats_))]
+            y, w = np.r_[y, ys], np.r_[w, np.full(n_sup, float(self.support_weight))]
+        self.tree_ = HistGradientBoostingClassifier(max_iter=self.n_estimators, learning_rate=0.05,
+                                                    class_weight="balanced", random_state=self.seed)
+        self.tree_.fit(x, y, sample_weight=w)
         self.rate_ = shrunk_rate(n_anom, n_sup, self.source_rate_)
         self.threshold_ = rate_threshold(self._score_x(xu), self.rate_)
         self.threshold_rule_ = "rate"
@@ -236,23 +267,12 @@ class ProtoDetector(Detector):
         self.adapt_seconds_ = time.perf_counter() - t0
         return self
 
-    def _prior(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            return self.net_.logits(torch.from_numpy(x), torch.tensor(self.centre_)).numpy()
-
-    def _forest_x(self, x: np.ndarray) -> np.ndarray:
-        # the numeric z-scores (the embedding's 384 dims would drown them in a small support) and the prior
-        return np.c_[x[:, -len(self.stats_["median"]):], self._prior(x)]
+    def _tree_x(self, x: np.ndarray) -> np.ndarray:
+        # the numeric z-scores and the network's prior: the embedding's 384 dims would drown them in the tree
+        return np.c_[x[:, -len(self.stats_["median"]):], self._logits(self.net_, x, np.asarray(self.centre_))]
 
     def _score_x(self, x: np.ndarray) -> np.ndarray:
-        m, s = self.mix_["prior"]
-        out = (self._prior(x) - m) / s
-        if self.forest_ is not None:
-            fm, fs = self.mix_["forest"]
-            out = (1 - self.a_) * out + self.a_ * (self.forest_.predict_proba(self._forest_x(x))[:, 1] - fm) / fs
-        return out
+        return self.tree_.predict_proba(self._tree_x(x))[:, 1]
 
     def score(self, items: pd.DataFrame) -> np.ndarray:
         """Anomaly score per job (higher = more anomalous), relative to the adapted workflow."""
@@ -268,7 +288,7 @@ class ProtoDetector(Detector):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """The network as safetensors and the pairing (centre, prototypes, scales, threshold) as JSON."""
+        """The network as safetensors, the source features as npz, the tree as a pickle, the pairing as JSON."""
         from safetensors.torch import save_file
 
         from llmad.io import atomic_dir
@@ -277,12 +297,13 @@ class ProtoDetector(Detector):
             raise RuntimeError("ProtoDetector.save: fit() or load() first")
         with atomic_dir(path) as tmp:
             save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(tmp / "model.safetensors"))
-            if self.forest_ is not None:
-                with open(tmp / "forest.pkl", "wb") as fh:
-                    pickle.dump(self.forest_, fh)
+            np.savez(tmp / "source.npz", **self.source_)
+            if getattr(self, "tree_", None) is not None:
+                with open(tmp / "tree.pkl", "wb") as fh:
+                    pickle.dump(self.tree_, fh)
             state = {k: getattr(self, k, None) for k in ("n_in_", "source_rate_", "source_workflows_", "stats_",
-                                                          "centre_", "mix_", "a_", "rate_", "threshold_",
-                                                          "threshold_rule_", "support_jobs_")}
+                                                          "centre_", "rate_", "threshold_", "threshold_rule_",
+                                                          "support_jobs_")}
             write_detector_json(tmp, self.kind, {"params": self.get_params(), "state": state})
 
     @classmethod
@@ -298,13 +319,15 @@ class ProtoDetector(Detector):
                 setattr(det, k, v)
             net = det._build(int(det.n_in_))
             net.load_state_dict(load_file(str(p / "model.safetensors")))
-        except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+            with np.load(p / "source.npz") as z:
+                det.source_ = {k: z[k] for k in ("x", "prior", "y")}
+        except (KeyError, TypeError, RuntimeError, OSError, json.JSONDecodeError) as e:
             raise LlmadError(f"{p}: not a loadable proto detector ({type(e).__name__}: {e})") from None
         det.net_ = net.eval()
-        det.forest_ = None
-        if (p / "forest.pkl").is_file():
-            with open(p / "forest.pkl", "rb") as fh:
-                det.forest_ = pickle.load(fh)
+        det.tree_ = None
+        if (p / "tree.pkl").is_file():
+            with open(p / "tree.pkl", "rb") as fh:
+                det.tree_ = pickle.load(fh)
         return det
 
 

@@ -1,0 +1,74 @@
+"""ProtoDetector's pairing: cross-fitted source priors, pooled tree, support weight, re-pairing after load."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from conftest import make_tiny_bert, synthetic_jobs  # noqa: E402
+
+from llmad.detectors.proto import ProtoDetector  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    work = tmp_path_factory.mktemp("proto")
+    src = synthetic_jobs(240, 0)
+    src["workflow"] = np.where(np.arange(len(src)) % 2 == 0, "synth-a", "synth-b")
+    det = ProtoDetector(encoder=str(make_tiny_bert(work / "bert")), episodes=40, episode_jobs=64, hidden=32, dim=16,
+                        n_estimators=50)
+    return det.fit(src), work
+
+
+def test_source_priors_are_cross_fitted(fitted):
+    from llmad.detectors.proto import robust_stats
+
+    det, _ = fitted
+    src = det.source_
+    assert len(src["x"]) == len(src["prior"]) == len(src["y"]) == 240 and det.source_rate_ > 0
+    jobs = synthetic_jobs(240, 0)
+    jobs["workflow"] = np.where(np.arange(len(jobs)) % 2 == 0, "synth-a", "synth-b")
+    in_sample = []
+    for _, g in jobs.groupby("workflow", sort=True):
+        x = det.features(g, robust_stats(det.numeric(g)))
+        in_sample.append(det._logits(det.net_, x, det._centre(det.net_, x)))
+    in_sample = np.concatenate(in_sample)
+    # the tree learns from priors of networks that never saw the job's workflow, not the in-sample ones
+    assert in_sample.shape == src["prior"].shape and not np.allclose(in_sample, src["prior"], atol=1e-3)
+    np.testing.assert_array_equal(src["y"], np.concatenate([g["label"] for _, g in jobs.groupby("workflow")]))
+
+
+def test_support_moves_the_tree_and_one_class_support_is_used(fitted):
+    det, _ = fitted
+    unlabeled, test = synthetic_jobs(80, 1).drop(columns=["label"]), synthetic_jobs(80, 2)
+    base = det.adapt(unlabeled).score(test)
+    assert det.support_jobs_ == 0 and det.threshold_rule_ == "rate"
+    normal = synthetic_jobs(60, 3)
+    normal = normal[normal["label"] == 0]
+    one_class = det.adapt(unlabeled, normal).score(test)  # a tree needs no second class in the support
+    assert det.support_jobs_ == len(normal) and not np.allclose(base, one_class)
+    # labels flipped in a heavily weighted support turn the ranking around
+    flipped = synthetic_jobs(200, 4)
+    flipped["label"] = 1 - flipped["label"]
+    from sklearn.metrics import roc_auc_score
+
+    y = test["label"].to_numpy()
+    det.support_weight = 50.0
+    try:
+        assert roc_auc_score(y, base) > 0.7 and roc_auc_score(y, det.adapt(unlabeled, flipped).score(test)) < 0.5
+    finally:
+        det.support_weight = 3.0
+
+
+def test_a_loaded_detector_pairs_again_like_the_original(fitted):
+    det, work = fitted
+    unlabeled, sup, test = synthetic_jobs(80, 1), synthetic_jobs(60, 5), synthetic_jobs(80, 2)
+    det.adapt(unlabeled, sup)
+    det.save(work / "saved")
+    got = ProtoDetector.load(work / "saved")
+    np.testing.assert_allclose(got.score(test), det.score(test), rtol=1e-5)
+    other = synthetic_jobs(80, 6)
+    np.testing.assert_allclose(got.adapt(other).score(test), det.adapt(other).score(test), rtol=1e-5)
