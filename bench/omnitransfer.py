@@ -232,8 +232,12 @@ def cmd_report(args) -> None:
           "small MOMENT (d_model 64, 2 layers, seq_len 64) pretrained here for 200 steps on the other datasets' "
           "unlabeled train parts, linear-probe fine-tuning (head only), so its partial transfer equals a "
           "restart of the head; it is a stand-in for MOMENT-1-large, not the published model. Device: CPU, one "
-          "torch thread, 2 cores shared with other jobs (load averages in the table). duallmad: "
-          + (runs.get("duallmad/all", {}).get("error") or "see rows") + ".", "",
+          "torch thread, 2 cores shared with other jobs (load averages in the table). duallmad (its own budgets: "
+          f"a step costs ~20x an lstm-ae step here): backbone smollm2-135m, first {DUAL['extra']['n_layers']} "
+          f"decoder blocks on each branch (frozen attention/MLP, as in bench/duallmad.py), patch "
+          f"{DUAL['extra']['patch']}, stage 2 off, batch {DUAL['batch_size']}, lr {DUAL['lr']}; scratch "
+          f"{DUAL['max_steps']} steps per new entity, transfer {DUAL['transfer_steps']}, base models "
+          f"{DUAL['base_steps']}: the same 4 : 1 scratch : transfer step ratio as the other rows.", "",
           "Metrics: point F1 / precision / recall at the validation threshold; VUS-PR as TSB-AD's get_metrics "
           "(sliding window 100, buffers 0..200, 250 thresholds); event recall and event F1 (TSB-AD's event-based "
           "F1: event recall with point precision) at the same threshold; PA-F1 (point-adjusted) is inflated and "
