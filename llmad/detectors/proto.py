@@ -210,7 +210,8 @@ class ProtoDetector(Detector):
         t0 = time.perf_counter()
         data = []
         for _, g in groups:
-            x = self.features(g, robust_stats(self.numeric(g)))
+            stats = robust_stats(self.numeric(g))
+            x = self.features(g, stats)
             data.append((torch.from_numpy(x), torch.from_numpy(g["label"].to_numpy(np.float32))))
         self.embed_s_ = time.perf_counter() - t0
         self.net_ = self._train_net(data)
@@ -221,7 +222,7 @@ class ProtoDetector(Detector):
         for i, (x, _) in enumerate(data):
             net = self._train_net([d for j, d in enumerate(data) if j != i])
             priors.append(self._logits(net, x.numpy(), self._centre(net, x.numpy())))
-        n_num = self.n_in_ - int(self._encoder()[1].config.hidden_size)
+        n_num = len(stats["median"])  # the standardized numbers end every row of x
         self.source_ = {"x": np.concatenate([x.numpy()[:, -n_num:] for x, _ in data]),
                         "prior": np.concatenate(priors).astype(np.float32),
                         "y": np.concatenate([y.numpy() for _, y in data]).astype(np.int64)}
