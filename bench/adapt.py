@@ -61,6 +61,37 @@ def _fmt(v, nd: int = 3) -> str:
     return "" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _f1(y, p) -> float:
+    tp = float((y & p).sum())
+    return 2 * tp / max(float(y.sum() + p.sum()), 1.0)
+
+
+def gap_ci(dirs: list[Path], method: str = "proto", draws: int = 1000, seed: int = 0) -> list[float]:
+    """95% interval of the median over targets of F1(full) - F1(k = 2): test runs resampled with replacement, the
+    same draw for both rows of a target (a cluster bootstrap: a run's jobs share its one anomaly kind)."""
+    import numpy as np
+    import pandas as pd
+
+    rng, per = np.random.default_rng(seed), []
+    for d in dirs:
+        p = pd.read_csv(d / "predictions.csv", dtype={"k": str, "run_id": str})
+        p = p[p["method"] == method]
+        full, k2 = p[p["k"] == "full"].reset_index(drop=True), p[p["k"] == "2"].reset_index(drop=True)
+        if full.empty or k2.empty:
+            continue
+        assert (full["job_id"].to_numpy() == k2["job_id"].to_numpy()).all(), d  # the same test jobs, same order
+        runs = full.groupby("run_id").indices
+        ids = list(runs)
+        y, pf, pk = (full["label"].to_numpy(bool), full["prediction"].to_numpy(bool), k2["prediction"].to_numpy(bool))
+        gaps = []
+        for _ in range(draws):
+            idx = np.concatenate([runs[r] for r in rng.choice(ids, len(ids))])
+            gaps.append(_f1(y[idx], pf[idx]) - _f1(y[idx], pk[idx]))
+        per.append(gaps)
+    med = np.median(np.asarray(per), axis=0)
+    return [round(float(np.percentile(med, 2.5)), 3), round(float(np.percentile(med, 97.5)), 3)]
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     """bench/results/adapt.{md,json} from the run folders."""
     import pandas as pd
@@ -68,7 +99,8 @@ def cmd_report(a: argparse.Namespace) -> None:
     from llmad.api.adapt import summarize
 
     records, per_target, n_sources = [], [], set()
-    for d in sorted(p for p in OUT.iterdir() if (p / "metrics.json").is_file()):
+    dirs = sorted(p for p in OUT.iterdir() if (p / "metrics.json").is_file())
+    for d in dirs:
         m = json.loads((d / "metrics.json").read_text())
         n_sources.add(len(m["sources"]))
         run = json.loads((d / "bench_run.json").read_text()) if (d / "bench_run.json").is_file() else {}
@@ -89,7 +121,8 @@ def cmd_report(a: argparse.Namespace) -> None:
                "median_speedup_vs_transfer_common_bar": statistics.median(common) if common else None,
                "transfer_never_reaches_common_bar": sum(p.get("transfer_t_common_s") is None for p in per_target),
                "proto_never_reaches_common_bar": sum(p.get("proto_t_common_s") is None for p in per_target),
-               "median_f1_gap_k2": statistics.median(gaps) if gaps else None, "targets": len(per_target),
+               "median_f1_gap_k2": statistics.median(gaps) if gaps else None,
+               "median_f1_gap_k2_ci95": gap_ci(dirs) if gaps else None, "targets": len(per_target),
                "goal": {"speedup_at_least": 5.0, "gap_at_most": 0.05}}
     for meth in ("scratch", "transfer", "trees"):
         g = [p[f"{meth}_gap_k2"] for p in per_target if p.get(f"{meth}_gap_k2") is not None]
@@ -136,7 +169,9 @@ def cmd_report(a: argparse.Namespace) -> None:
         f"it; transfer never reaches it on {summary['transfer_never_reaches_common_bar']} of {len(per_target)} "
         f"targets, proto on {summary['proto_never_reaches_common_bar']}",
         f"- median F1 gap of proto, full target minus k = 2 runs: **{_fmt(goal_gap)}** "
-        f"(goal <= 0.05: {'met' if goal_gap is not None and goal_gap <= 0.05 else 'not met'})",
+        f"(goal <= 0.05: {'met' if goal_gap is not None and goal_gap <= 0.05 else 'not met'}); 95% interval "
+        f"{summary['median_f1_gap_k2_ci95']} from a bootstrap over the test runs (1000 draws, the same draw for "
+        f"the full and the k = 2 row of a target): how far the draw of test runs alone moves the gap",
         *(f"- median F1 gap, {m}: {_fmt(summary[f'median_f1_gap_k2_{m}'])}" for m in ("transfer", "scratch", "trees")),
         "",
         "## Per target: F1 with the full target, with k = 2 runs, and the gap",

@@ -51,7 +51,7 @@ def jobs_for(ds: str) -> list[dict]:
         jobs += [{"job": "duallmad", "extra": {**DUAL, "branches": "temporal"}, "rescore": False},
                  {"job": "duallmad", "extra": {**DUAL, "branches": "metric"}, "rescore": False},
                  {"job": "duallmad", "extra": {**DUAL, "branches": "both", "pretrained": False}, "rescore": False}]
-    if ds == "asd":  # item 4: channel-standardised max instead of the mean over channels (bench/asd_auc_probe.py)
+    if ds in ("asd", "nezha"):  # item 4: channel-standardised max, not the mean over channels (bench/asd_auc_probe.py)
         jobs.append({"job": "duallmad", "extra": {**DUAL, "branches": "both", "score_reduce": "max-z"},
                      "rescore": False})
     per = ds != "nezha"  # Nezha services are short and most hold no validation anomaly: one pooled model there
@@ -311,7 +311,8 @@ def cmd_report(args) -> None:
                     steps = f"{steps} + {x['stage2_steps_per_group']}/group"
                 vals = {k: _mean(x, k) for k in ("f1", "vus_pr", "event_f1", "event_recall", "roc_auc",
                                                   "pa_f1_INFLATED")}
-                summary.setdefault(ds, {})[x["variant"]] = {**vals, "entities": n}
+                summary.setdefault(ds, {})[x["variant"]] = {
+                    **vals, "entities": n, "points": sum(e.get("anomalies", 0) for e in x["entities"])}
                 steps = "-" if steps is None else steps
                 lines.append(f"| {x['variant']} | {_backbone(x)} | {n} | {_f(vals['f1'])} | {_f(vals['vus_pr'])} | "
                              f"{_f(vals['event_f1'])} | {_f(vals['event_recall'])} | {_f(vals['roc_auc'])} | "
@@ -326,10 +327,13 @@ def cmd_report(args) -> None:
               ""]
     goal = []
     for ds, v in summary.items():
-        d, b = v.get("duallmad", {}).get("f1"), v.get("lstm-ae (per-entity)", v.get("lstm-ae (pooled)", {})).get("f1")
+        dual, base = v.get("duallmad", {}), v.get("lstm-ae (per-entity)", v.get("lstm-ae (pooled)", {}))
+        d, b = dual.get("f1"), base.get("f1")
         if d is not None and b is not None:
+            # how many anomalous points decide the mean: on Nezha a few dozen, so one hit moves it by ~0.01
             goal.append(f"- {ds}: DualLMAD shared {_f(d)} vs lstm-ae {_f(b)} mean point F1: "
-                        f"{'met' if d >= b else 'NOT met'}")
+                        f"{'met' if d >= b else 'NOT met'} ({dual['points']} anomalous test points over "
+                        f"{dual['entities']} entities; VUS-PR {_f(dual['vus_pr'])} vs {_f(base['vus_pr'])})")
     lines += ["## Goal: DualLMAD shared model >= per-entity lstm-ae on mean point F1", ""] + goal + [""]
     extra = RESULTS / "duallmad_notes.md"
     if extra.is_file():

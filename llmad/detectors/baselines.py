@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
+import os
 import pickle
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from llmad.config import option
 from llmad.data.checks import clip_features
@@ -91,13 +94,18 @@ def tree_inputs(jobs: pd.DataFrame, features: str = "plain", causal: bool = Fals
     return np.where(np.isinf(x), np.nan, x)
 
 
-def fit_tree(model: Any, x: np.ndarray, y: np.ndarray) -> Any:
-    """Fit a classifier on ``tree_inputs``; hgb's binning fails on a column with no value at all (a jobs: table
-    without CPU times, say), so one 0 makes such a column constant and uninformative."""
-    if isinstance(model, HistGradientBoostingClassifier) and len(x):
+def fit_tree(model: Any, x: np.ndarray, y: np.ndarray, **fit_params: Any) -> Any:
+    """Fit a classifier (or a pipeline ending in one) on ``tree_inputs``; hgb's binning fails on a column with no
+    value at all (a jobs: table without CPU times, say), so one 0 makes such a column constant and uninformative."""
+    est = model[-1] if isinstance(model, Pipeline) else model
+    if est is model and isinstance(model, HistGradientBoostingClassifier) and len(x):
         x = x.copy()
         x[0, np.isnan(x).all(axis=0)] = 0.0
-    return model.fit(x, y)
+    # HGB opens an OpenMP region per node; with llmad's OMP_WAIT_POLICY=PASSIVE (llmad/__init__.py) each one wakes
+    # sleeping threads: 2 threads fitted 5-11x slower than one on 2k-33k real rows (bench/results/tree_threads.md).
+    one = isinstance(est, HistGradientBoostingClassifier) and os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    with threadpool_limits(1, user_api="openmp") if one else nullcontext():
+        return model.fit(x, y, **fit_params)
 
 
 class BaselineDetector(Detector):

@@ -19,7 +19,7 @@ import numpy as np
 
 from llmad.data.windows import WindowSet, window_features
 from llmad.detectors.base import Detector, read_detector_json, write_detector_json
-from llmad.detectors.baselines import make_estimator
+from llmad.detectors.baselines import fit_tree, make_estimator
 from llmad.errors import LlmadError
 
 
@@ -184,7 +184,7 @@ class ForestDetector(_SklearnWindowDetector):
         # few-shot label pools are small and imbalanced: class-weighted (see make_estimator)
         self.model_ = make_estimator(self.method, n_estimators=self.n_estimators, seed=self.seed, n_jobs=1,
                                      balanced=True)
-        self.model_.fit(X, y)
+        fit_tree(self.model_, X, y)
 
     def _window_scores(self, x: np.ndarray) -> np.ndarray:
         return self.model_.predict_proba(self._features(x))[:, 1]

@@ -1,5 +1,8 @@
 import numpy as np
 import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from llmad.data.flowbench import load_jobs
 from llmad.data.splits import make_split
@@ -63,3 +66,32 @@ def test_one_estimator_factory_pins_the_defaults():
         assert type(built) is type(expected) and built.get_params() == expected.get_params()
     with pytest.raises(LlmadError, match="unknown estimator"):
         make_estimator("svm")
+
+
+class _ThreadsSeen(HistGradientBoostingClassifier):
+    """An hgb that records how many OpenMP threads sklearn's runtime offers while it fits."""
+
+    def fit(self, X, y, sample_weight=None):
+        from threadpoolctl import threadpool_info
+
+        type(self).seen = max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openmp")
+        return super().fit(X, y, sample_weight=sample_weight)
+
+
+@pytest.mark.parametrize("policy,expect_one", [("PASSIVE", True), ("ACTIVE", False)])
+def test_fit_tree_fits_hgb_on_one_openmp_thread_when_threads_sleep(monkeypatch, policy, expect_one):
+    # With sleeping (PASSIVE) OpenMP threads every one of hgb's per-node parallel regions pays a wake-up: 2 threads
+    # fitted 5-11x slower than one (bench/results/tree_threads.md), so fit_tree caps hgb, also inside a pipeline.
+    from threadpoolctl import threadpool_limits
+
+    from llmad.detectors.baselines import fit_tree
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    x = np.random.default_rng(0).normal(size=(60, 3))
+    y = (x[:, 0] > 0).astype(int)
+    with threadpool_limits(2, user_api="openmp"):
+        fit_tree(_ThreadsSeen(max_iter=3), x, y)
+        assert (_ThreadsSeen.seen == 1) is expect_one
+        fit_tree(make_pipeline(StandardScaler(), _ThreadsSeen(max_iter=3)), x, y,
+                 _threadsseen__sample_weight=np.ones(60))
+        assert (_ThreadsSeen.seen == 1) is expect_one

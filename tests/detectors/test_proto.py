@@ -72,3 +72,18 @@ def test_a_loaded_detector_pairs_again_like_the_original(fitted):
     np.testing.assert_allclose(got.score(test), det.score(test), rtol=1e-5)
     other = synthetic_jobs(80, 6)
     np.testing.assert_allclose(got.adapt(other).score(test), det.adapt(other).score(test), rtol=1e-5)
+
+
+def test_repeated_sentences_are_embedded_once_and_in_place(fitted, monkeypatch):
+    import llmad.detectors.sft.batching as batching
+
+    det, _ = fitted
+    jobs = synthetic_jobs(30, 5)
+    alone = det.embed(jobs)
+    seen = []
+    real = batching.mean_pooled
+    monkeypatch.setattr(batching, "mean_pooled", lambda model, ids, *a: seen.append(len(ids)) or real(model, ids, *a))
+    doubled = det.embed(jobs.iloc[np.r_[np.arange(30), np.arange(30)[::-1]]])
+    # every row gets its own sentence's embedding back, and the 30 repeated sentences cost nothing more
+    np.testing.assert_allclose(doubled, np.r_[alone, alone[::-1]], atol=1e-5)
+    assert seen == [len({tuple(r) for r in alone.round(5)})]
