@@ -87,3 +87,29 @@ def test_repeated_sentences_are_embedded_once_and_in_place(fitted, monkeypatch):
     # every row gets its own sentence's embedding back, and the 30 repeated sentences cost nothing more
     np.testing.assert_allclose(doubled, np.r_[alone, alone[::-1]], atol=1e-5)
     assert seen == [len({tuple(r) for r in alone.round(5)})]
+
+
+def test_weighted_bins_give_hgb_its_own_trees():
+    # proto codes its tree inputs with WeightedBins so that HGB skips its slow weighted binning: the fitted model
+    # must be the one HGB fits on the raw values (ties, few-valued and many-valued columns, weights, class weights)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from llmad.detectors.proto import WeightedBins
+
+    rng = np.random.default_rng(3)
+    x = np.c_[rng.normal(size=900), rng.integers(0, 40, 900), np.round(rng.normal(size=900), 1),
+              rng.exponential(size=900).astype(np.float32)]
+    y = (x[:, 0] + 0.05 * x[:, 1] + rng.normal(size=900) > 1.5).astype(int)
+    w = np.where(np.arange(900) >= 700, 3.0, 1.0)
+
+    def hgb():
+        return HistGradientBoostingClassifier(max_iter=30, class_weight="balanced", random_state=0)
+
+    plain = hgb().fit(x, y, sample_weight=w)
+    coded = make_pipeline(WeightedBins(), hgb()).fit(
+        x, y, weightedbins__sample_weight=w * compute_sample_weight("balanced", y),
+        histgradientboostingclassifier__sample_weight=w)
+    probe = np.r_[x, rng.normal(size=(50, 4)) * 3]  # values between and beyond the training ones too
+    np.testing.assert_allclose(coded.predict_proba(probe), plain.predict_proba(probe), atol=1e-12)
