@@ -10,8 +10,8 @@ Protocol (one target workflow; every method sees the same rows):
   sources, paired with the target without retraining its network), ``trees`` (rf/hgb on the numeric +
   peer-context features of the k runs);
 - threshold, the same named rule for every method and k (``rate``): the top ``rate`` of the unlabeled target jobs'
-  scores, ``rate`` = the labeled target jobs' anomaly share shrunk toward the sources' share. No test label and no
-  target validation label is read;
+  scores, ``rate`` = the labeled target jobs' anomaly share (averaged per run) shrunk toward the sources' share as
+  if 20 more runs had been seen at it (``proto.shrunk_rate``). No test label and no target validation label is read;
 - ``adapt_s``: wall time from the target data to a usable detector (fine-tuning or pairing + scoring the unlabeled
   jobs for the threshold); what the sources cost is paid once, offline, and reported apart (``source_s``).
 """
@@ -123,8 +123,7 @@ def supports(train: pd.DataFrame, ks: list[int], cap: int, seed: int) -> dict[in
 def _rate_threshold(det: Any, unlabeled: pd.DataFrame, labeled: pd.DataFrame | None, prior: float) -> float:
     from llmad.detectors.proto import rate_threshold, shrunk_rate
 
-    n, a = (0, 0) if labeled is None else (len(labeled), int(labeled["label"].sum()))
-    det.rate_ = shrunk_rate(a, n, prior)
+    det.rate_ = shrunk_rate(labeled, prior)
     det.threshold_ = rate_threshold(det.score(unlabeled), det.rate_)
     return det.threshold_
 

@@ -113,3 +113,20 @@ def test_weighted_bins_give_hgb_its_own_trees():
         histgradientboostingclassifier__sample_weight=w)
     probe = np.r_[x, rng.normal(size=(50, 4)) * 3]  # values between and beyond the training ones too
     np.testing.assert_allclose(coded.predict_proba(probe), plain.predict_proba(probe), atol=1e-12)
+
+
+def test_the_rate_counts_runs_not_jobs():
+    # 200 jobs of 2 runs are two observations of a workflow's anomaly share: against 20 prior runs they move the
+    # rate by ~1/11 of the way, however many jobs the runs hold; many runs outweigh the prior
+    import pandas as pd
+
+    from llmad.detectors.proto import shrunk_rate
+
+    two = pd.DataFrame({"run_id": ["a"] * 100 + ["b"] * 100, "label": [1] * 60 + [0] * 40 + [0] * 100})
+    assert shrunk_rate(None, 0.2) == shrunk_rate(two.iloc[:0], 0.2) == 0.2
+    assert shrunk_rate(two, 0.2) == pytest.approx((0.6 + 0.0 + 0.2 * 20) / 22)
+    assert shrunk_rate(pd.concat([two] * 5), 0.2) == pytest.approx(shrunk_rate(two, 0.2))  # more jobs, same runs
+    many = pd.DataFrame({"run_id": np.repeat(np.arange(400), 2), "label": np.tile([1, 0], 400)})
+    assert abs(shrunk_rate(many, 0.2) - 0.5) < 0.02
+    # no run ids: the labeled jobs are one run
+    assert shrunk_rate(two.drop(columns="run_id"), 0.2) == pytest.approx((0.3 + 0.2 * 20) / 21)
