@@ -224,6 +224,9 @@ def _scale_section(scale: str, recs: list[dict], summary: dict, info: dict) -> l
         lm_text = ("one more MiniLM fine-tuned on all train rows (`stack-minilm`, `test_lm: full`), or the mean of "
                    "the 2 fold LMs (`stack-minilm-folds`, `test_lm: folds`; the same splits and fold LMs, so the two "
                    "rows are paired)")
+    if info.get("rows_from_previous_report"):
+        how += (f" {info['rows_from_previous_report']} of the {len(recs)} rows are carried over from the previous "
+                "report: their run folders are not on the machine that wrote this one.")
     title = {"full": "Full scale: every train job (LMs on one GPU)", "cpu": "CPU-sized: 1,000 jobs per part"}[scale]
     return [f"## {title}", "", f"Recipe `{info['recipe']}`. {how}", "",
             f"The stack's LM score: cross-fitted by run on train (2 folds); validation and test are scored by "
@@ -232,9 +235,35 @@ def _scale_section(scale: str, recs: list[dict], summary: dict, info: dict) -> l
             "### All rows", "", table, ""]
 
 
+def _scale_records(scale: str, prev: dict) -> tuple[list[dict], dict]:
+    """The scale's records and facts: from its cache folder, plus the previous report's rows and facts that the
+    folder lacks (a new checkout has no run folders; a GPU session may bring back only some workflows)."""
+    from llmad.config import load_yaml
+
+    cached = (out_dir(scale) / "results.json").is_file()
+    recs = records(scale) if cached else []
+    have = {(r["workflow"], r["method"]) for r in recs}
+    kept = [r for r in prev.get("records", []) if r["scale"] == scale and (r["workflow"], r["method"]) not in have]
+    recipe = load_yaml(RECIPES[scale])
+    wfs, methods = [d["name"] for d in recipe["datasets"]], [m["name"] for m in recipe["methods"]]
+    order = lambda r: (wfs.index(r["workflow"]) if r["workflow"] in wfs else len(wfs),  # noqa: E731
+                       methods.index(r["method"]) if r["method"] in methods else len(methods))
+    info = _info(scale) if cached else {"recipe": str(RECIPES[scale].relative_to(ROOT))}
+    old = prev.get("scales", {}).get(scale, {})
+    if "gpu_run" in old and "gpu_run" not in info:
+        info["gpu_run"] = old["gpu_run"]
+    runs = [r for x in (old.get("bench_run", []), info.get("bench_run", [])) for r in (x if isinstance(x, list) else [x])]
+    if runs:  # every invocation that computed runs, each once
+        info["bench_run"] = list({json.dumps(r, sort_keys=True): r for r in runs}.values())
+    info["rows_from_previous_report"] = len(kept)
+    return sorted(recs + kept, key=order), info
+
+
 def cmd_report(a: argparse.Namespace) -> None:
-    """Write bench/results/lm_vs_trees.{md,json}: the full-scale section first, then the CPU-sized one."""
-    scales = [s for s in ("full", "cpu") if (out_dir(s) / "results.json").is_file()]
+    """Write bench/results/lm_vs_trees.{md,json}: the full-scale section first, then the CPU-sized one. Rows whose
+    run folders are not here are carried over from the previous bench/results/lm_vs_trees.json."""
+    prev = json.loads((RESULTS / "lm_vs_trees.json").read_text()) if (RESULTS / "lm_vs_trees.json").is_file() else {}
+    scales = [s for s in ("full", "cpu") if (out_dir(s) / "results.json").is_file() or s in prev.get("scales", {})]
     doc = {"machine": {"cpu_cores": os.cpu_count(), "platform": platform.platform()}, "scales": {}, "records": []}
     lines = ["# LM detectors vs the trees (run split, 3 seeds)", "",
              "Written by `bench/lm_vs_trees.py report` from `llmad compare` of the recipes below. Family `tree`: "
@@ -245,7 +274,7 @@ def cmd_report(a: argparse.Namespace) -> None:
              "bootstrap of the across-seed mean (test rows resampled per seed). The best tree is the max over four "
              "trees of the test mean, which favours the trees.", ""]
     for scale in scales:
-        recs, info = records(scale), _info(scale)
+        recs, info = _scale_records(scale, prev)
         summary = verdict(recs, [wf for wf in _workflows(scale) if any(r["workflow"] == wf for r in recs)])
         doc["scales"][scale] = {**info, "summary": summary}
         doc["records"] += recs
