@@ -36,9 +36,19 @@ SETTINGS = {"shots": "0,1,2,5", "source_jobs": 150, "shot_jobs": 200, "full_jobs
             "limit": 400, "epochs": 2.0, "seed": 0}
 
 
+def timed_adapt(out: Path, splits: dict, **config):
+    """``run_adapt`` into ``out`` (forced), with its wall time and the machine load in ``out/bench_run.json``."""
+    from llmad.api.adapt import AdaptConfig, run_adapt
+
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    res = run_adapt(AdaptConfig(out=str(out), **config), splits=splits, force=True)
+    write_json(out / "bench_run.json", {"wall_s": time.perf_counter() - t0, "load_average_start": load0,
+                                        "load_average_end": os.getloadavg()})
+    return res
+
+
 def cmd_run(a: argparse.Namespace) -> None:
     """Every target (or ``--targets``), each workflow loaded once; finished targets are skipped."""
-    from llmad.api.adapt import AdaptConfig, run_adapt
     from llmad.data import load_split
     from llmad.data.flowbench import available_workflows
 
@@ -51,17 +61,12 @@ def cmd_run(a: argparse.Namespace) -> None:
         out = OUT / t
         if (out / "metrics.json").is_file():
             continue
-        t1, load0 = time.perf_counter(), os.getloadavg()
-        res = run_adapt(AdaptConfig(target=t, out=str(out), **SETTINGS), splits=splits, force=True)
-        write_json(out / "bench_run.json", {"wall_s": time.perf_counter() - t1, "load_average_start": load0,
-                                            "load_average_end": os.getloadavg()})
-        print(res.summary, flush=True)
+        print(timed_adapt(out, splits, target=t, **SETTINGS).summary, flush=True)
 
 
 def cmd_draws(a: argparse.Namespace) -> None:
     """Proto alone on more draws (``--seeds``: the split, the samples, the k runs and training all reseeded): how
     much of the seed-0 gap is the draw. Finished targets are skipped."""
-    from llmad.api.adapt import AdaptConfig, run_adapt
     from llmad.data import load_split
     from llmad.data.flowbench import available_workflows
 
@@ -73,11 +78,7 @@ def cmd_draws(a: argparse.Namespace) -> None:
         splits = {w: load_split(f"flowbench:{w}", split="run", seed=seed, context=True) for w in names}
         for t in todo:
             out = OUT / "draws" / f"seed{seed}" / t
-            t1, load0 = time.perf_counter(), os.getloadavg()
-            res = run_adapt(AdaptConfig(target=t, out=str(out), methods="proto", **{**SETTINGS, "seed": seed}),
-                            splits=splits, force=True)
-            write_json(out / "bench_run.json", {"wall_s": time.perf_counter() - t1, "load_average_start": load0,
-                                                "load_average_end": os.getloadavg()})
+            res = timed_adapt(out, splits, target=t, methods="proto", **{**SETTINGS, "seed": seed})
             print(f"seed {seed}: {res.summary}", flush=True)
 
 
@@ -197,7 +198,8 @@ def cmd_report(a: argparse.Namespace) -> None:
         f"jobs; {SETTINGS['limit']} test jobs. MiniLM (offline `minilm`) for scratch, transfer and proto's frozen "
         f"encoder; SFT {SETTINGS['epochs']} epochs, lr 1e-4, balanced loss, no evaluation passes. Threshold: rule "
         f"`rate` for every row (the top share of the unlabeled target jobs' scores; share = labeled target jobs' "
-        f"anomaly share, averaged per run, shrunk toward the sources' as if 20 more runs had been seen). `adapt_s`: wall seconds from the target data to a usable "
+        f"anomaly share, averaged per run, shrunk toward the sources' as if 20 more runs had been seen). "
+        f"`adapt_s`: wall seconds from the target data to a usable "
         f"detector (training or pairing, plus scoring the unlabeled jobs for the threshold); the source step is "
         f"paid once and not in it. CPU, 2 cores shared with other agents' jobs (load per target below).",
         "",

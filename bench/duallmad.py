@@ -349,9 +349,10 @@ def cmd_report(args) -> None:
     goal = []
     for ds, v in summary.items():
         dual = v.get("duallmad", {})
+        d = dual.get("f1")
         for variant in sorted(k for k in v if k.startswith("lstm-ae (")):
             base, scope = v[variant], variant[len("lstm-ae ("):-1]
-            d, b = dual.get("f1"), base.get("f1")
+            b = base.get("f1")
             if d is None or b is None:
                 continue
             # how many anomalous points decide the mean: on Nezha a few dozen, so one hit moves it by ~0.01

@@ -246,13 +246,17 @@ def _scale_records(scale: str, prev: dict) -> tuple[list[dict], dict]:
     kept = [r for r in prev.get("records", []) if r["scale"] == scale and (r["workflow"], r["method"]) not in have]
     recipe = load_yaml(RECIPES[scale])
     wfs, methods = [d["name"] for d in recipe["datasets"]], [m["name"] for m in recipe["methods"]]
-    order = lambda r: (wfs.index(r["workflow"]) if r["workflow"] in wfs else len(wfs),  # noqa: E731
-                       methods.index(r["method"]) if r["method"] in methods else len(methods))
+
+    def order(r: dict) -> tuple[int, int]:  # the recipe's order; rows it no longer names go last
+        return (wfs.index(r["workflow"]) if r["workflow"] in wfs else len(wfs),
+                methods.index(r["method"]) if r["method"] in methods else len(methods))
+
     info = _info(scale) if cached else {"recipe": str(RECIPES[scale].relative_to(ROOT))}
     old = prev.get("scales", {}).get(scale, {})
     if "gpu_run" in old and "gpu_run" not in info:
         info["gpu_run"] = old["gpu_run"]
-    runs = [r for x in (old.get("bench_run", []), info.get("bench_run", [])) for r in (x if isinstance(x, list) else [x])]
+    runs = [r for x in (old.get("bench_run", []), info.get("bench_run", []))
+            for r in (x if isinstance(x, list) else [x])]
     if runs:  # every invocation that computed runs, each once
         info["bench_run"] = list({json.dumps(r, sort_keys=True): r for r in runs}.values())
     info["rows_from_previous_report"] = len(kept)

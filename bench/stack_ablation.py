@@ -122,8 +122,8 @@ def main() -> None:
         f"{summary['stack_runs']} runs, seeds {seeds}), their tree layer re-fitted from the LM scores each run "
         "saved (`fusion/lm_scores.csv`), once with the LM score as a column and once without it. Same rows, same "
         "seeds, same trees (300 trees, the stack's builder), thresholds on validation. `pick`: the tree with the "
-        "best validation F1 of the four, the stack's rule (with the LM it equals each run's own test F1; without it each tree equals the recipe's "
-        "baseline row of that name: both checked); "
+        "best validation F1 of the four, the stack's rule (with the LM it equals each run's own test F1; without "
+        "it each tree equals the recipe's baseline row of that name: both checked); "
         "`mean-*`: the mean of rf's and hgb's probabilities; `pick-mean`: that mean on the picked feature set. "
         "Test F1, mean over seeds.", "",
         f"**The LM score adds {summary['lm_adds_min']:+.3f} to {summary['lm_adds_max']:+.3f} F1 (median "
